@@ -1,0 +1,43 @@
+# Two commands on a fresh machine (Python 3.11, pip, make): `make serve` and `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PIP := $(BIN)/pip install --disable-pip-version-check -q
+
+.PHONY: serve test lint bench install-serve install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Serving needs no torch: the serve extra only.
+$(VENV)/.serve: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[serve]'
+	touch $@
+
+# Training, export and tests need torch (CPU wheel) and the test oracles. pysodmetrics is installed without
+# its dependencies because it pulls opencv-python-headless, which would share cv2/ with opencv-contrib.
+$(VENV)/.dev: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[serve,train,dev]'
+	$(PIP) --no-deps pysodmetrics==1.6.2
+	touch $@ $(VENV)/.serve
+
+install-serve: $(VENV)/.serve
+install-dev: $(VENV)/.dev
+
+serve: $(VENV)/.serve
+	$(BIN)/python -m service --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m export.bench --bundle default
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

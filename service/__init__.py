@@ -1,0 +1,1 @@
+"""The saliency inference service: FastAPI + ONNX Runtime. Imports no torch (ARCHITECTURE.md)."""

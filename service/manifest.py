@@ -1,0 +1,160 @@
+"""The bundle manifest: the contract between ``export/`` (writes it) and the service (reads and verifies it).
+
+A bundle is a folder holding ``manifest.json``, ``model.onnx`` and optional variants. The service refuses a
+bundle whose files do not match the sha256 recorded here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, malformed or tampered with; the message says which file and why."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PreprocessSpec(_Strict):
+    """How an RGB image becomes the network input (same numbers as training's ``Preprocess``)."""
+
+    input_size: int = Field(gt=0)
+    resize: Literal["stretch"] = "stretch"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class AttentionSpec(_Strict):
+    """Where one attention output's weights sit on the feature map (mirrors ``models.AttentionGeometry``).
+
+    ``global``: pixel (h, w) has ``grid²`` weights over the cells ``(offset + i*dilation, offset + j*dilation)``
+    of the feature map, the same cells for every pixel. ``local``: the cells
+    ``(h + (i - grid//2)*dilation, w + (j - grid//2)*dilation)`` around the pixel. Feature pixel ``(y, x)``
+    covers input pixels ``[y*stride, (y+1)*stride)``. Weights are row-major over (i, j).
+    """
+
+    kind: Literal["global", "local", "spatial"]
+    grid: int = Field(ge=1)
+    dilation: int = Field(ge=1)
+    stride: int = Field(ge=1)
+    offset: int = Field(default=0, ge=0)
+    normalization: Literal["softmax", "sigmoid", "none"]
+
+
+class OutputSpec(_Strict):
+    """One named ONNX output. Saliency is a probability map ``[B,1,h,w]`` (the graph ends in sigmoid)."""
+
+    name: str
+    kind: Literal["saliency", "attention", "embedding", "boxes", "scores"]
+    shape: list[int | str]
+    attention: AttentionSpec | None = None
+
+
+class FileSpec(_Strict):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class VariantSpec(_Strict):
+    """A runnable model file of the bundle and what was measured on it."""
+
+    file: str
+    precision: Literal["fp32", "fp16", "int8"]
+    runtime: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    accuracy: dict[str, dict[str, float]] = Field(default_factory=dict)  # dataset -> metric -> value
+    speed: dict[str, float] = Field(default_factory=dict)  # e.g. ms_per_image_b1
+
+
+class SourceSpec(_Strict):
+    checkpoint: str
+    sha256: str
+    epoch: int | None = None
+    config: str | None = None
+
+
+class Manifest(_Strict):
+    """Everything the service needs to load, verify and run a bundle, and what it reports about it."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str
+    version: str
+    architecture: str
+    paper: str = ""
+    description: str = ""
+    preprocess: PreprocessSpec
+    input_name: str = "image"
+    outputs: list[OutputSpec]
+    variants: dict[str, VariantSpec]
+    default_variant: str = "fp32"
+    files: dict[str, FileSpec]
+    opset: int
+    source: SourceSpec
+    training_data: list[str] = Field(default_factory=list)
+    created_at: str
+
+    def output(self, kind: str) -> list[OutputSpec]:
+        return [o for o in self.outputs if o.kind == kind]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
+    """Read ``manifest.json`` of a bundle and (by default) check every file's size and sha256.
+
+    Raises:
+        BundleError: the folder, manifest or a listed file is missing, the manifest does not match the
+            schema, a variant names a file the manifest does not list, or a hash does not match.
+    """
+    bundle = Path(bundle_dir)
+    path = bundle / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"no {MANIFEST_FILE} in bundle folder {bundle} (is it a bundle made by `python -m export`?)")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text()))
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise BundleError(f"{path} is not a valid bundle manifest: {exc}") from exc
+    for name, variant in manifest.variants.items():
+        if variant.file not in manifest.files:
+            raise BundleError(f"{path}: variant {name!r} names {variant.file!r}, which the manifest does not list")
+    if manifest.default_variant not in manifest.variants:
+        raise BundleError(
+            f"{path}: default variant {manifest.default_variant!r} is not among {sorted(manifest.variants)}"
+        )
+    if verify:
+        verify_files(bundle, manifest)
+    return manifest
+
+
+def verify_files(bundle: Path, manifest: Manifest) -> None:
+    """Check the size and sha256 of every file the manifest lists."""
+    for rel, spec in manifest.files.items():
+        file = bundle / rel
+        if not file.is_file():
+            raise BundleError(f"bundle {bundle}: file {rel} listed in the manifest is missing")
+        size = file.stat().st_size
+        if size != spec.bytes:
+            raise BundleError(
+                f"bundle {bundle}: {rel} is {size} bytes, manifest says {spec.bytes} (tampered or truncated)"
+            )
+        digest = sha256_file(file)
+        if digest != spec.sha256:
+            raise BundleError(
+                f"bundle {bundle}: sha256 of {rel} is {digest}, manifest says {spec.sha256} (tampered or corrupted);"
+                " re-export the bundle"
+            )

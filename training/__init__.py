@@ -1,0 +1,1 @@
+"""Datasets, transforms, losses, metrics, and the train / evaluate / report commands."""

@@ -1,0 +1,125 @@
+"""Training configuration: one YAML per setting, loaded into typed dataclasses with validation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.transforms import Preprocess
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, malformed, or holds an unknown or invalid key."""
+
+
+@dataclass
+class DatasetSpec:
+    """One image/mask folder pair, relative to ``DataConfig.root`` unless absolute; ``split`` optional."""
+
+    images: str
+    masks: str
+    split: str | None = None
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/data"
+    train: list[DatasetSpec] = field(default_factory=list)
+    val: DatasetSpec | None = None
+    augment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LossConfig:
+    kind: str = "picanet"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    kind: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    encoder_lr_mult: float = 1.0  # PiCANet fine-tunes a pretrained encoder at 0.1×; from scratch use 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "cosine"  # cosine | multistep | constant
+    epochs: int = 60
+    warmup_epochs: float = 0.0
+    milestones: list[float] = field(default_factory=list)  # multistep: fractions of training
+    gamma: float = 0.1
+
+
+@dataclass
+class RunConfig:
+    batch_size: int = 8
+    num_workers: int = 1
+    bf16: bool = False
+    seed: int = 0
+    threads: int = 2
+    max_steps_per_epoch: int | None = None  # for smoke tests
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    model: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None  # local torchvision-format encoder weights
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    out_dir: str = "runs/default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainConfig:
+        try:
+            data = dict(raw.get("data", {}))
+            data["train"] = [DatasetSpec(**d) for d in data.get("train", [])]
+            if data.get("val"):
+                data["val"] = DatasetSpec(**data["val"])
+            pre = dict(raw.get("preprocess", {}))
+            for key in ("mean", "std"):
+                if key in pre:
+                    pre[key] = tuple(pre[key])
+            return cls(
+                **{k: v for k, v in raw.items() if k not in _NESTED},
+                preprocess=Preprocess(**pre),
+                data=DataConfig(**data),
+                loss=LossConfig(**raw.get("loss", {})),
+                optim=OptimConfig(**raw.get("optim", {})),
+                schedule=ScheduleConfig(**raw.get("schedule", {})),
+                run=RunConfig(**raw.get("run", {})),
+            )
+        except TypeError as exc:  # unknown or missing keys
+            raise ConfigError(f"invalid training config: {exc}") from exc
+
+    def resolve(self, path: str, base: Path) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (base / p)
+
+
+_NESTED = {f.name for f in fields(TrainConfig)} & {"preprocess", "data", "loss", "optim", "schedule", "run"}
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a YAML training config; ``data.root`` and ``out_dir`` stay relative to the working directory."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text())
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return TrainConfig.from_dict(raw)

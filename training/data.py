@@ -1,0 +1,149 @@
+"""Datasets in the common salient-object-detection layout: ``images/*.jpg|png`` + ``masks/*.png`` by stem."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+
+
+class DatasetError(ValueError):
+    """A dataset folder, split or file is missing or unreadable; the message names it."""
+
+
+def index_by_stem(folder: Path, what: str) -> dict[str, Path]:
+    """Map file stem → path for every image file in ``folder``."""
+    if not folder.is_dir():
+        raise DatasetError(f"{what} folder not found: {folder}")
+    files = {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS}
+    if not files:
+        raise DatasetError(f"{what} folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def read_split(path: Path) -> list[str]:
+    """Stems listed one per line (blank lines ignored)."""
+    if not path.is_file():
+        raise DatasetError(f"split file not found: {path}")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image as RGB (EXIF orientation applied; greyscale, palette, CMYK, alpha and 16-bit converted)."""
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                img = Image.fromarray(np.clip(arr / max(arr.max(), 1.0) * 255.0, 0, 255).astype(np.uint8))
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                img = img.convert("RGBA")
+                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, img)
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DatasetError(f"cannot read image {path}: {exc}") from exc
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """A ground-truth mask as a boolean array, binarized at >= 128 (the standard for grey-level masks)."""
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L")) >= 128
+    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        raise DatasetError(f"cannot read mask {path}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Sample:
+    stem: str
+    image: Path
+    mask: Path
+
+
+def list_pairs(images_dir: Path, masks_dir: Path, split: Path | None = None) -> list[Sample]:
+    """Image/mask pairs matched by stem, optionally restricted to the stems of a split file.
+
+    Raises:
+        DatasetError: a folder is missing, or an image (in the split) has no mask.
+    """
+    images = index_by_stem(Path(images_dir), "images")
+    masks = index_by_stem(Path(masks_dir), "masks")
+    stems = read_split(Path(split)) if split else sorted(images)
+    samples = []
+    for stem in stems:
+        if stem not in images:
+            raise DatasetError(f"image for stem {stem!r} not found in {images_dir}")
+        if stem not in masks:
+            raise DatasetError(f"image {images[stem]} has no mask in {masks_dir}")
+        samples.append(Sample(stem, images[stem], masks[stem]))
+    return samples
+
+
+class SaliencyDataset:
+    """Image/mask pairs with a joint transform; decoded images are cached in memory (datasets are small).
+
+    Args:
+        samples: pairs from :func:`list_pairs` (several datasets may be concatenated).
+        transform: ``(image, mask) -> (image_tensor, mask_tensor)``.
+        cache: keep decoded images and masks in memory after first use.
+    """
+
+    def __init__(self, samples: Sequence[Sample], transform: Callable, cache: bool = True) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self._cache: dict[int, tuple[Image.Image, np.ndarray]] = {} if cache else None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        sample = self.samples[index]
+        pair = load_rgb(sample.image), load_mask(sample.mask)
+        if pair[0].size != (pair[1].shape[1], pair[1].shape[0]):
+            raise DatasetError(
+                f"image {sample.image} is {pair[0].size[0]}x{pair[0].size[1]} but its mask {sample.mask} is "
+                f"{pair[1].shape[1]}x{pair[1].shape[0]}"
+            )
+        if self._cache is not None:
+            self._cache[index] = pair
+        return pair
+
+    def __getitem__(self, index: int):
+        image, mask = self.load(index)
+        return self.transform(image, mask)
+
+
+@dataclass(frozen=True)
+class Fixation:
+    stem: str
+    subject: str
+    x: float
+    y: float
+
+
+def read_fixations(csv_path: Path) -> dict[str, list[Fixation]]:
+    """Eye fixations from a csv with columns ``stem, x, y`` (optionally ``subject``, ``order``), by stem.
+
+    Coordinates are 0-based pixels, x = column.
+    """
+    if not Path(csv_path).is_file():
+        raise DatasetError(f"fixation file not found: {csv_path}")
+    by_stem: dict[str, list[Fixation]] = {}
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"stem", "x", "y"} - set(reader.fieldnames or [])
+        if missing:
+            raise DatasetError(f"fixation file {csv_path} lacks columns {sorted(missing)}")
+        for row in reader:
+            fix = Fixation(row["stem"], row.get("subject", ""), float(row["x"]), float(row["y"]))
+            by_stem.setdefault(fix.stem, []).append(fix)
+    return by_stem
