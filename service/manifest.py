@@ -158,3 +158,23 @@ def verify_files(bundle: Path, manifest: Manifest) -> None:
                 f"bundle {bundle}: sha256 of {rel} is {digest}, manifest says {spec.sha256} (tampered or corrupted);"
                 " re-export the bundle"
             )
+
+
+BUNDLES_DIR = Path(__file__).resolve().parent.parent / "bundles"
+
+
+def resolve_bundle(name_or_dir: str | Path, bundles_dir: Path = BUNDLES_DIR) -> Path:
+    """A bundle folder from a path, or from a name under ``bundles/`` (``default`` is the shipped model)."""
+    path = Path(name_or_dir)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    candidate = bundles_dir / str(name_or_dir)
+    if (candidate / MANIFEST_FILE).is_file():
+        return candidate
+    known = (
+        sorted(p.name for p in bundles_dir.glob("*") if (p / MANIFEST_FILE).is_file()) if bundles_dir.is_dir() else []
+    )
+    raise BundleError(
+        f"no bundle {str(name_or_dir)!r}: not a folder with {MANIFEST_FILE}, and not a name under {bundles_dir} "
+        f"(known: {', '.join(known) or 'none'})"
+    )
