@@ -1,0 +1,227 @@
+"""Attention baselines of the human-vs-machine attention study (salient object segmentation task, section IV-A).
+
+An encoder plus a three-layer decoder; each decoder layer's feature ``Z`` is re-weighted by a single-channel
+spatial attention map ``A`` (eq. 1, ``G = A ⊙ Z``) and gives a side output through ``Conv(1×1, 1)``. The map is
+
+- ``softmax``: ``Conv3×3(C/2) → ReLU → BN → Conv1×1(1)``, softmax over all positions (eq. 2, *Implicit Softmax*);
+- ``sigmoid``: the same network with a sigmoid (eq. 3, *Implicit Sigmoid*);
+- ``activation``: ``Σ_d |Z_d|^p`` with p = 2 (eq. 4, *Implicit Activation*), parameter-free and post-hoc: as in the
+  paper's Fig. 1(a) this baseline has no attention module in the network, the map is only read out.
+
+``mode="replace"`` is the paper's *Explicit Attention (Human)*: the learned maps are replaced by an external map
+(a human fixation density ``[B,1,H,W]`` in [0,1]) resized to each decoder layer. *Explicit Attention (Supervised)*
+is ``mode="learned"`` plus a loss on the returned ``attention["spatial/d<i>"]`` maps (training/).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.backbones.mobile import CompactEncoder
+from models.layers import ConvBNReLU, init_weights
+from models.outputs import AttentionGeometry, ModelOutput
+from models.registry import register_model
+
+AttentionKind = Literal["softmax", "sigmoid", "activation"]
+AttentionMode = Literal["learned", "replace"]
+_PAPER = "Human vs machine attention (TPAMI 2021)"
+
+
+def activation_attention(features: Tensor, power: float = 2.0) -> Tensor:
+    """Eq. (4) ``Σ_d |Z_d|^p`` divided by its spatial maximum per image, so the map lies in [0,1].
+
+    The paper states ``A ∈ [0,1]`` (section III) without naming the normalization for eq. (4); dividing by the
+    maximum keeps the map's shape and makes it comparable to the sigmoid maps and to max-normalized fixation maps.
+    """
+    energy = features.abs().pow(power).sum(dim=1, keepdim=True)
+    return energy / energy.amax(dim=(2, 3), keepdim=True).clamp_min(torch.finfo(energy.dtype).tiny)
+
+
+class SpatialAttention(nn.Module):
+    """Single-channel spatial attention of section IV-A1.
+
+    Args:
+        channels: C, channels of the attended feature.
+        kind: ``softmax`` | ``sigmoid`` (learned, ``Conv3×3(⌊C/2⌋) → ReLU → BN → Conv1×1(1)``) or ``activation``.
+        power: p of the activation-based map.
+
+    Returns (forward): the attention map ``[B,1,h,w]``.
+    """
+
+    def __init__(self, channels: int, kind: AttentionKind, power: float = 2.0) -> None:
+        super().__init__()
+        if kind not in ("softmax", "sigmoid", "activation"):
+            raise ValueError(f"unknown attention kind {kind!r}; use 'softmax', 'sigmoid' or 'activation'")
+        self.kind = kind
+        self.power = power
+        hidden = channels // 2
+        self.score = (
+            None
+            if kind == "activation"
+            else nn.Sequential(
+                nn.Conv2d(channels, hidden, 3, padding=1),
+                nn.ReLU(inplace=True),
+                nn.BatchNorm2d(hidden),
+                nn.Conv2d(hidden, 1, 1),
+            )
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        if self.score is None:
+            return activation_attention(features, self.power)
+        logits = self.score(features)
+        if self.kind == "sigmoid":
+            return torch.sigmoid(logits)
+        return torch.softmax(logits.flatten(1), dim=1).reshape(logits.shape)
+
+
+def resize_attention(attention: Tensor, size: tuple[int, int]) -> Tensor:
+    """An external map ``[B,1,H,W]`` → ``size``: area averaging when shrinking (keeps the fixation mass where it
+    was), bilinear when enlarging."""
+    if tuple(attention.shape[-2:]) == tuple(size):
+        return attention
+    if attention.shape[-2] >= size[0] and attention.shape[-1] >= size[1]:
+        return F.interpolate(attention, size=size, mode="area")
+    return F.interpolate(attention, size=size, mode="bilinear", align_corners=False)
+
+
+class AttentionBaselineNet(nn.Module):
+    """Encoder + three decoder layers with spatial attention and a side output each (Fig. 1).
+
+    Decoder layer 1 works on the deepest encoder feature; layers 2 and 3 each double the resolution and fuse the
+    deepest encoder feature of that stride by concatenation (skip connections, as in the encoder-decoder saliency
+    nets [29], [31] the paper says its design shares the essence of; Fig. 1 is not in the text we have).
+
+    Deviation: with softmax attention the product is ``G = (h·w)·A ⊙ Z``. Eq. (1) multiplies by ``A`` itself, whose
+    mean is ``1/(h·w)`` under softmax (1/3136 at 56×56), which would shrink the attended features and their side
+    output by three orders of magnitude; the constant keeps uniform attention an identity. The returned map is
+    the softmax itself (sums to 1).
+
+    Args:
+        encoder: returns ``[En1, …, EnN]`` and declares ``channels`` and ``strides``.
+        attention: ``softmax``, ``sigmoid`` or ``activation``.
+        mode: ``learned`` (the model's own maps) or ``replace`` (the external map passed to ``forward``).
+        decoder_channels: output channels of the three decoder layers, coarsest first.
+        input_size: nominal square input side (224 in the paper).
+        power: p of the activation-based attention.
+
+    Returns (forward): ``ModelOutput`` with three side outputs (coarsest first) and ``attention["spatial/d<i>"]``
+    ``[B,1,h,w]`` for i = 3, 2, 1 (d1 finest).
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        attention: AttentionKind,
+        mode: AttentionMode = "learned",
+        decoder_channels: tuple[int, int, int] = (96, 64, 32),
+        input_size: int = 224,
+        power: float = 2.0,
+    ) -> None:
+        super().__init__()
+        if mode not in ("learned", "replace"):
+            raise ValueError(f"unknown attention mode {mode!r}; use 'learned' or 'replace'")
+        self.encoder = encoder
+        self.attention_kind = attention
+        self.mode = mode
+        self.input_size = input_size
+        channels: list[int] = list(encoder.channels)
+        strides: list[int] = list(encoder.strides)
+        top_stride = strides[-1]
+        self.layer_strides = [top_stride, top_stride // 2, top_stride // 4]
+        # Skip feature of layers 2 and 3: the deepest encoder level at that stride.
+        self.skip_indices: list[int] = []
+        for stride in self.layer_strides[1:]:
+            if stride not in strides:
+                raise ValueError(f"the encoder has no feature at stride {stride} (strides {strides})")
+            self.skip_indices.append(max(i for i, s in enumerate(strides) if s == stride))
+        in_channels = [channels[-1]] + [decoder_channels[i] + channels[j] for i, j in enumerate(self.skip_indices)]
+        self.decoder = nn.ModuleList(
+            ConvBNReLU(cin, cout, 3) for cin, cout in zip(in_channels, decoder_channels, strict=True)
+        )
+        self.attention = nn.ModuleList(
+            SpatialAttention(c, attention, power) if mode == "learned" else nn.Identity() for c in decoder_channels
+        )
+        self.sides = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in decoder_channels)
+        init_weights(self.decoder)
+        init_weights(self.attention)
+        init_weights(self.sides)
+
+    def attention_geometry(self) -> list[AttentionGeometry]:
+        """Geometry of the three spatial maps, coarsest first."""
+        learned = self.mode == "learned" and self.attention_kind != "activation"
+        normalization = self.attention_kind if learned else "none"
+        return [
+            AttentionGeometry(f"spatial/d{3 - i}", "spatial", 1, 1, stride, 0, normalization)
+            for i, stride in enumerate(self.layer_strides)
+        ]
+
+    def _apply_attention(self, index: int, features: Tensor, external: Tensor | None) -> tuple[Tensor, Tensor]:
+        if external is not None:
+            weights = resize_attention(external, tuple(features.shape[-2:]))
+            return features * weights, weights
+        weights = self.attention[index](features)
+        if self.attention_kind == "activation":
+            return features, weights  # post-hoc read-out only (Fig. 1a)
+        if self.attention_kind == "softmax":
+            return features * (weights * (weights.shape[-2] * weights.shape[-1])), weights
+        return features * weights, weights
+
+    def forward(self, x: Tensor, external_attention: Tensor | None = None) -> ModelOutput:
+        if self.mode == "replace":
+            if external_attention is None or external_attention.dim() != 4 or external_attention.shape[1] != 1:
+                raise ValueError("mode='replace' needs external_attention [B,1,H,W] (e.g. a human fixation map)")
+        elif external_attention is not None:
+            raise ValueError("external_attention is only used with mode='replace'; supervise learned maps in the loss")
+        feats = self.encoder(x)
+        sides: list[Tensor] = []
+        attention: dict[str, Tensor] = {}
+        hidden = feats[-1]
+        for index, layer in enumerate(self.decoder):
+            if index > 0:
+                skip = feats[self.skip_indices[index - 1]]
+                hidden = F.interpolate(hidden, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+                hidden = torch.cat([hidden, skip], dim=1)
+            hidden, weights = self._apply_attention(index, layer(hidden), external_attention)
+            attention[f"spatial/d{3 - index}"] = weights
+            sides.append(self.sides[index](hidden))
+        return ModelOutput(saliency=sides, attention=attention)
+
+
+def _lite(
+    attention: AttentionKind, mode: AttentionMode, input_size: int, **encoder_kwargs: object
+) -> AttentionBaselineNet:
+    encoder = CompactEncoder(**encoder_kwargs)  # type: ignore[arg-type]
+    return AttentionBaselineNet(encoder, attention, mode, decoder_channels=(96, 64, 32), input_size=input_size)
+
+
+# The lite variants deviate from the paper for 2 CPU cores: a MobileNetV2-style encoder trained from scratch instead
+# of an ImageNet VGG16, so the decoder runs at strides 16 → 8 → 4 instead of 8 → 4 → 2.
+
+
+@register_model("attnbaseline_softmax_lite", paper=_PAPER)
+def attnbaseline_softmax_lite(
+    mode: AttentionMode = "learned", input_size: int = 224, **encoder_kwargs: object
+) -> AttentionBaselineNet:
+    """*Implicit Attention (Softmax)* on the compact encoder; ``mode="replace"`` gives *Explicit (Human)*."""
+    return _lite("softmax", mode, input_size, **encoder_kwargs)
+
+
+@register_model("attnbaseline_sigmoid_lite", paper=_PAPER)
+def attnbaseline_sigmoid_lite(
+    mode: AttentionMode = "learned", input_size: int = 224, **encoder_kwargs: object
+) -> AttentionBaselineNet:
+    """*Implicit Attention (Sigmoid)* on the compact encoder; ``mode="replace"`` gives *Explicit (Human)*."""
+    return _lite("sigmoid", mode, input_size, **encoder_kwargs)
+
+
+@register_model("attnbaseline_activation_lite", paper=_PAPER)
+def attnbaseline_activation_lite(
+    mode: AttentionMode = "learned", input_size: int = 224, **encoder_kwargs: object
+) -> AttentionBaselineNet:
+    """*Implicit Attention (Activation)* on the compact encoder: post-hoc ``Σ_d |Z_d|²`` maps, no module."""
+    return _lite("activation", mode, input_size, **encoder_kwargs)

@@ -1,0 +1,156 @@
+"""Attention baselines: eq. (1)–(4) of the human-vs-machine study, replace mode, geometry, gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from models import build_model
+from models.attention_baselines import AttentionBaselineNet, SpatialAttention, activation_attention, resize_attention
+
+torch.set_num_threads(1)
+
+KINDS = ("softmax", "sigmoid", "activation")
+
+
+def _capture(model: AttentionBaselineNet) -> tuple[list[Tensor], list[Tensor]]:
+    """Record each decoder layer's output Z and each side head's input G."""
+    decoded: list[Tensor] = []
+    attended: list[Tensor] = []
+    for layer in model.decoder:
+        layer.register_forward_hook(lambda _m, _i, out: decoded.append(out.detach().clone()))
+    for side in model.sides:
+        side.register_forward_hook(lambda _m, inp, _o: attended.append(inp[0].detach().clone()))
+    return decoded, attended
+
+
+def test_softmax_attention_is_eq2_and_sums_to_one() -> None:
+    torch.manual_seed(0)
+    module = SpatialAttention(8, "softmax").eval()
+    features = torch.randn(3, 8, 5, 6)
+    weights = module(features)
+    assert weights.shape == (3, 1, 5, 6)
+    torch.testing.assert_close(weights.sum(dim=(1, 2, 3)), torch.ones(3))
+    scores = module.score(features)
+    for b in range(3):
+        expected = torch.exp(scores[b]) / torch.exp(scores[b]).sum()
+        torch.testing.assert_close(weights[b], expected)
+
+
+def test_sigmoid_attention_is_eq3_and_in_unit_interval() -> None:
+    torch.manual_seed(1)
+    module = SpatialAttention(6, "sigmoid").eval()
+    features = 10 * torch.randn(2, 6, 7, 7)
+    weights = module(features)
+    assert weights.min() >= 0 and weights.max() <= 1
+    torch.testing.assert_close(weights, 1 / (1 + torch.exp(-module.score(features))))
+    # Independent gates: nothing forces them to sum to 1.
+    assert not torch.allclose(weights.sum(dim=(2, 3)), torch.ones(2, 1))
+
+
+def test_activation_attention_is_eq4_by_hand() -> None:
+    features = torch.tensor(
+        [[[[1.0, -2.0], [0.0, 3.0]], [[-1.0, 1.0], [2.0, 0.5]]]]
+    )  # [1, 2, 2, 2]: Σ_d Z_d² = [[2, 5], [4, 9.25]]
+    energy = torch.tensor([[2.0, 5.0], [4.0, 9.25]])
+    torch.testing.assert_close(activation_attention(features)[0, 0], energy / 9.25)
+    cubed = torch.tensor([[2.0, 9.0], [8.0, 27.125]])  # p = 3 uses |Z|: |−2|³ + 1 = 9
+    torch.testing.assert_close(activation_attention(features, power=3)[0, 0], cubed / 27.125)
+    module = SpatialAttention(2, "activation")
+    assert not list(module.parameters())
+    torch.testing.assert_close(module(features), activation_attention(features))
+
+
+def test_activation_attention_of_zero_features_is_finite() -> None:
+    assert torch.equal(activation_attention(torch.zeros(1, 3, 4, 4)), torch.zeros(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_attention_is_applied_multiplicatively_as_eq1(kind: str) -> None:
+    torch.manual_seed(2)
+    model = build_model(f"attnbaseline_{kind}_lite").eval()
+    decoded, attended = _capture(model)
+    out = model(torch.randn(2, 3, 224, 224))
+    assert len(out.saliency) == 3
+    for index, name in enumerate(["spatial/d3", "spatial/d2", "spatial/d1"]):
+        weights = out.attention[name]
+        z, g = decoded[index], attended[index]
+        assert weights.shape == (2, 1, *z.shape[-2:])
+        if kind == "softmax":
+            torch.testing.assert_close(g, z * weights * (z.shape[-2] * z.shape[-1]))
+        elif kind == "sigmoid":
+            torch.testing.assert_close(g, z * weights)
+        else:  # post-hoc read-out of eq. (4), not applied (Fig. 1a)
+            torch.testing.assert_close(g, z)
+            torch.testing.assert_close(weights, activation_attention(z))
+
+
+def test_replace_mode_uses_the_external_map_exactly() -> None:
+    torch.manual_seed(3)
+    model = build_model("attnbaseline_sigmoid_lite", mode="replace").eval()
+    assert not any(isinstance(m, SpatialAttention) for m in model.modules())
+    decoded, attended = _capture(model)
+    fixation = torch.rand(2, 1, 224, 224)
+    out = model(torch.randn(2, 3, 224, 224), fixation)
+    for index, name in enumerate(["spatial/d3", "spatial/d2", "spatial/d1"]):
+        h, w = decoded[index].shape[-2:]
+        block = 224 // h
+        by_hand = fixation.reshape(2, 1, h, block, w, block).mean(dim=(3, 5))  # area average of each cell
+        torch.testing.assert_close(out.attention[name], by_hand)
+        torch.testing.assert_close(attended[index], decoded[index] * by_hand)
+    other = model(torch.ones(2, 3, 224, 224), torch.zeros(2, 1, 224, 224))
+    assert all(a.eq(0).all() for a in attended[3:])  # zero attention silences every attended feature
+    assert all(torch.equal(m, torch.zeros_like(m)) for m in other.attention.values())
+
+
+def test_resize_attention_upsamples_bilinearly() -> None:
+    small = torch.tensor([[[[0.0, 1.0]]]])
+    torch.testing.assert_close(resize_attention(small, (1, 4)), torch.tensor([[[[0.0, 0.25, 0.75, 1.0]]]]))
+
+
+def test_mode_and_external_input_must_agree() -> None:
+    learned = build_model("attnbaseline_softmax_lite")
+    replace = build_model("attnbaseline_softmax_lite", mode="replace")
+    x = torch.randn(1, 3, 64, 64)
+    with pytest.raises(ValueError, match="only used with mode='replace'"):
+        learned(x, torch.rand(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="needs external_attention"):
+        replace(x)
+    with pytest.raises(ValueError, match="unknown attention mode"):
+        build_model("attnbaseline_softmax_lite", mode="supervised")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_geometry_matches_outputs(kind: str) -> None:
+    model = build_model(f"attnbaseline_{kind}_lite").eval()
+    assert model.input_size == 224
+    out = model(torch.randn(1, 3, 224, 224))
+    geometry = model.attention_geometry()
+    assert [g.name for g in geometry] == list(out.attention)
+    expected_norm = {"softmax": "softmax", "sigmoid": "sigmoid", "activation": "none"}[kind]
+    for g in geometry:
+        assert (g.kind, g.grid, g.normalization) == ("spatial", 1, expected_norm)
+        assert out.attention[g.name].shape[-1] * g.stride == model.input_size
+    assert {g.normalization for g in build_model(f"attnbaseline_{kind}_lite", mode="replace").attention_geometry()} == {
+        "none"
+    }
+
+
+@pytest.mark.parametrize(("kind", "mode"), [(k, "learned") for k in KINDS] + [("softmax", "replace")])
+def test_backward_reaches_every_parameter(kind: str, mode: str) -> None:
+    torch.manual_seed(4)
+    model = build_model(f"attnbaseline_{kind}_lite", mode=mode).train()
+    x = torch.randn(2, 3, 224, 224)
+    external = torch.rand(2, 1, 224, 224) if mode == "replace" else None
+    out = model(x, external)
+    target = (torch.rand(2, 1, 224, 224) > 0.5).float()
+    loss = sum(
+        nn.functional.binary_cross_entropy_with_logits(
+            side, nn.functional.interpolate(target, size=side.shape[-2:], mode="area")
+        )
+        for side in out.saliency
+    )
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reached {missing}"
