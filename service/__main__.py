@@ -1,0 +1,57 @@
+"""``python -m service [--host H] [--port P] [--bundle NAME_OR_DIR]``: run the server (uvicorn, one worker).
+
+Flags override the ``SALIENCY_*`` environment. A missing or tampered bundle, or invalid settings, exit with
+status 2 and a one-line reason before anything listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from service.app import create_app
+from service.engine import Engine
+from service.logs import configure_logging
+from service.manifest import BundleError
+from service.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m service", description="Run the saliency service.")
+    parser.add_argument("--host", help="listen address (env SALIENCY_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="listen port (env SALIENCY_PORT, default 8000)")
+    parser.add_argument("--bundle", help="bundle name under bundles/ or folder (env SALIENCY_BUNDLE, default default)")
+    args = parser.parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"error: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_json, settings.log_level)
+    try:
+        engine = Engine(settings.bundle, settings.variant, settings.provider_preference(), settings.intra_op_threads)
+    except BundleError as exc:
+        print(f"error: cannot load bundle: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings, engine=engine)
+    # One worker: the batcher needs all requests in one process to form batches; ORT uses the cores.
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        workers=1,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
+    )
+    logging.getLogger(__name__).info("server exited")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

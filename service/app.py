@@ -1,0 +1,108 @@
+"""The FastAPI application: ``create_app(settings)`` builds one self-contained instance (own metrics registry)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.engine import Engine
+from service.errors import ServiceError
+from service.metrics import ServiceMetrics
+from service.middleware import RequestContextMiddleware
+from service.routers import saliency, system
+from service.settings import Settings
+from service.state import ServiceState
+
+log = logging.getLogger(__name__)
+
+# Multipart framing around the file: boundaries, part headers and the option fields.
+MULTIPART_SLACK_BYTES = 64 * 1024
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
+    def answer(exc: ServiceError) -> JSONResponse:
+        metrics.errors.labels(exc.code).inc()
+        return _error(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return answer(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        )
+        return answer(ServiceError(422, "invalid_request", problems or "invalid request"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI turns any failure while parsing the body into a 400; the byte limit raised there keeps its own answer.
+        if isinstance(exc.__cause__, ServiceError):
+            return answer(exc.__cause__)
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        return answer(ServiceError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        metrics.errors.labels("internal_error").inc()
+        return _error(500, "internal_error", "internal server error; the request id identifies it in the logs")
+
+
+def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
+    """A ready-to-serve app; the model loads (unless ``engine`` is given) and warms up in its lifespan.
+
+    Args:
+        settings: defaults to reading the environment.
+        engine: an already loaded engine to serve.
+    """
+    settings = settings or Settings()
+    metrics = ServiceMetrics()
+    state = ServiceState(settings, metrics, engine)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="Saliency service",
+        description="Salient object detection with PiCANet-family models: saliency maps, pixel-wise attention.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    _install_error_handlers(app, metrics)
+    app.include_router(saliency.router)
+    app.include_router(system.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+
+    def body_limit(path: str) -> int:
+        images = settings.max_batch_images if path.endswith("/batch") else 1
+        return settings.max_upload_bytes * images + MULTIPART_SLACK_BYTES
+
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, body_limit=body_limit)
+    return app

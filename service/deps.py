@@ -1,0 +1,91 @@
+"""FastAPI dependencies: app state, readiness, API-key authentication, request options."""
+
+from __future__ import annotations
+
+import math
+import secrets
+from typing import Annotated, Literal
+
+from fastapi import Depends, Header, Query, Request
+
+from service.errors import ServiceError
+from service.pipeline import MAX_POINTS, OUTPUT_OPTIONS, Options, Pipeline
+from service.state import ServiceState
+
+POINTS_HELP = "attention query points in image pixels, 'x,y;x,y' (default: the most and least salient pixel)"
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_api_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+    """401 unless API keys are off or ``Authorization: Bearer <key>`` names one of them."""
+    keys = state.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    # compare_digest against every key: the time taken does not say which key (or how much of one) matched.
+    matched = [secrets.compare_digest(token.strip().encode(), key.encode()) for key in keys]
+    if scheme.lower() != "bearer" or not any(matched):
+        raise ServiceError(
+            401, "unauthorized", "missing or wrong API key: send Authorization: Bearer <key>",
+            {"WWW-Authenticate": "Bearer"},
+        )  # fmt: skip
+
+
+def ready_pipeline(state: State) -> Pipeline:
+    """The pipeline, or 503 while the model is loading or the server is draining."""
+    if not state.ready or state.pipeline is None:
+        raise ServiceError(
+            503, "not_ready", "the model is not loaded yet or the server is stopping", {"Retry-After": "1"}
+        )
+    return state.pipeline
+
+
+def _parse_points(text: str) -> list[tuple[float, float]]:
+    points = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        try:
+            x_text, y_text = part.split(",")
+            point = (float(x_text), float(y_text))
+        except ValueError as exc:
+            raise ServiceError(422, "invalid_option", f"point {part!r} is not 'x,y' (e.g. points=10,20;30,40)") from exc
+        if not all(math.isfinite(v) for v in point):
+            raise ServiceError(422, "invalid_option", f"point {part!r} is not finite")
+        points.append(point)
+    if not points:
+        raise ServiceError(422, "invalid_option", "points is empty; give 'x,y;x,y' or leave it out")
+    if len(points) > MAX_POINTS:
+        raise ServiceError(422, "invalid_option", f"{len(points)} points; at most {MAX_POINTS}")
+    return points
+
+
+def parse_options(
+    pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
+    outputs: Annotated[str, Query(description="comma list of saliency, attention, overlay, groups")] = "saliency",
+    points: Annotated[str | None, Query(description=POINTS_HELP)] = None,
+    format: Annotated[Literal["json", "png"] | None, Query(description="json (default) or png")] = None,
+    model: Annotated[str | None, Query(description="model name (see GET /models)")] = None,
+    accept: Annotated[str | None, Header()] = None,
+) -> Options:
+    """The request's options, validated against the loaded model (422 on anything it cannot do)."""
+    wanted = frozenset(o.strip() for o in outputs.split(",") if o.strip())
+    unknown = sorted(wanted - set(OUTPUT_OPTIONS))
+    if unknown or not wanted:
+        raise ServiceError(422, "invalid_option", f"unknown outputs {unknown}: choose from {', '.join(OUTPUT_OPTIONS)}")
+    name = pipeline.engine.manifest.name
+    if model is not None and model not in (name, "default"):
+        raise ServiceError(422, "unknown_model", f"model {model!r} is not served here; this server serves {name!r}")
+    accepts = accept or ""
+    png = format == "png" or (format is None and "image/png" in accepts and "application/json" not in accepts)
+    if png and wanted != {"saliency"}:
+        raise ServiceError(
+            422, "invalid_option", "format=png returns the saliency map only; use JSON for other outputs"
+        )
+    options = Options(outputs=wanted, points=_parse_points(points) if points is not None else None, png=png)
+    pipeline.check_options(options)
+    return options

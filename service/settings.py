@@ -1,0 +1,102 @@
+"""Service settings from the environment (prefix ``SALIENCY_``), validated so that nonsense refuses to start."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROVIDER_ALIASES = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+
+
+def _comma_list(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list | tuple):
+        return [str(item).strip() for item in value if str(item).strip()]
+    raise ValueError("expected a comma-separated list")
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told; each field reads ``SALIENCY_<NAME>`` from the environment.
+
+    Attributes:
+        host, port: where uvicorn listens (loopback by default).
+        bundle: a bundle name under ``bundles/`` or a bundle folder.
+        variant: ``auto`` (int8 when the bundle ships one, else the manifest's default), or a variant name.
+        providers: ``auto`` (TensorRT → CUDA → CPU, whichever the session really gets) or a comma list of
+            ``tensorrt``, ``cuda``, ``cpu`` in order of preference.
+        max_batch_size, max_delay_ms: dynamic batching limits.
+        queue_size: images waiting for inference before new ones are refused with 503.
+        request_timeout_s: a request waiting longer for its result gets 504.
+        intra_op_threads: ONNX Runtime threads per inference (0 = ONNX Runtime's default, one per core).
+        max_upload_bytes: largest accepted image file; max_pixels: largest width × height (decompression bombs).
+        max_batch_images: most images in one ``/saliency/batch`` request.
+        api_keys: comma list; empty switches authentication off.
+        cors_origins: comma list of allowed origins; empty switches CORS off.
+        log_json: one JSON object per log line (else plain text); log_level: logging level name.
+        drain_timeout_s: how long shutdown waits for queued work.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SALIENCY_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    bundle: str = "default"
+    variant: str = "auto"
+    providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_delay_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
+    queue_size: int = Field(default=64, ge=1)
+    request_timeout_s: float = Field(default=30.0, gt=0.0)
+    intra_op_threads: int = Field(default=0, ge=0)
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_batch_images: int = Field(default=16, ge=1)
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    log_json: bool = True
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    drain_timeout_s: float = Field(default=10.0, ge=0.0)
+
+    @field_validator("providers", "api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> list[str]:
+        return _comma_list(value)
+
+    @field_validator("variant")
+    @classmethod
+    def _known_variant(cls, value: str) -> str:
+        if value not in ("auto", "fp32", "fp16", "int8"):
+            raise ValueError(f"unknown variant {value!r}: use auto, fp32, fp16 or int8")
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _known_providers(cls, value: list[str]) -> list[str]:
+        names = [v.lower() for v in value] or ["auto"]
+        if names == ["auto"]:
+            return names
+        unknown = [n for n in names if n not in PROVIDER_ALIASES]
+        if unknown:
+            raise ValueError(f"unknown provider(s) {unknown}: use auto or a comma list of {sorted(PROVIDER_ALIASES)}")
+        return names
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.queue_size < self.max_batch_size:
+            raise ValueError(
+                f"queue_size ({self.queue_size}) must be at least max_batch_size ({self.max_batch_size}), "
+                "or no full batch could ever form"
+            )
+        return self
+
+    def provider_preference(self) -> list[str]:
+        """ONNX Runtime provider names to ask for, best first."""
+        names = ["tensorrt", "cuda", "cpu"] if self.providers == ["auto"] else self.providers
+        return [PROVIDER_ALIASES[n] for n in names]

@@ -1,0 +1,67 @@
+"""What one app instance holds: settings, metrics, and (after startup) the engine, batcher and pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from service.batcher import Batcher
+from service.engine import Engine
+from service.metrics import ServiceMetrics
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceState:
+    """Lifecycle of the model behind one app: load → warm up → ready → drain → closed.
+
+    Args:
+        settings: validated settings.
+        metrics: the app's metrics.
+        engine: an already loaded engine (``python -m service`` loads it before starting uvicorn so a bad bundle
+            fails fast); ``None`` loads it at startup.
+    """
+
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engine = engine
+        self.pipeline: Pipeline | None = None
+        self.ready = False
+        self._batcher: Batcher | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _load(self) -> Engine:
+        s = self.settings
+        engine = self.engine or Engine(s.bundle, s.variant, s.provider_preference(), s.intra_op_threads)
+        # Warm up at batch 1 and at the largest batch so neither shape pays first-run costs on a request.
+        engine.warm_up((1, s.max_batch_size) if s.max_batch_size > 1 else (1,))
+        return engine
+
+    async def start(self) -> None:
+        """Load (if needed) and warm up the model, then start the batcher; ``ready`` turns true at the end."""
+        s = self.settings
+        self.engine = await asyncio.to_thread(self._load)
+        info = self.engine.info
+        self.metrics.model_info.labels(info.manifest.name, info.manifest.version, info.variant, info.provider).set(1)
+        self._batcher = Batcher(self.engine, self.metrics, s.max_batch_size, s.max_delay_ms, s.queue_size)
+        self._batcher.start()
+        self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="imaging")
+        self.pipeline = Pipeline(s, self.engine, self._batcher, self.metrics, self._pool)
+        self.ready = True
+        log.info("ready: %s %s (%s) on %s", info.manifest.name, info.manifest.version, info.variant, info.provider)
+
+    async def stop(self) -> None:
+        """Stop taking work, finish what is queued (up to ``drain_timeout_s``), release threads."""
+        self.ready = False
+        if self._batcher is not None:
+            await self._batcher.drain(self.settings.drain_timeout_s)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+        if self.engine is not None:
+            self.engine.close()
+        log.info("stopped")
