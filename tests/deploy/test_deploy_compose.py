@@ -57,7 +57,7 @@ def test_prometheus_scrapes_the_compose_service_on_its_exposed_port(dockerfiles:
     job = next(job for job in config["scrape_configs"] if job["job_name"] == "saliency")
     (target,) = job["static_configs"][0]["targets"]
     host, port = target.split(":")
-    assert host in compose and port == dockerfiles["cpu"].env()["PORT"]
+    assert host in compose and port == dockerfiles["cpu"].env()["SALIENCY_PORT"]
     assert f"{port}:{port}" in compose[host]["ports"]
     assert job["metrics_path"] == "/metrics"
 

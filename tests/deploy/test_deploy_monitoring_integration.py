@@ -104,7 +104,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int
     command = json.loads(dockerfile.last("CMD"))
     port = _free_port()
     env = {k: v for k, v in dockerfile.env().items() if k.startswith(("SALIENCY_", "PYTHON"))}
-    env |= {"HOST": "127.0.0.1", "PORT": str(port), "SALIENCY_INTRA_OP_THREADS": "1"}
+    env |= {"SALIENCY_HOST": "127.0.0.1", "SALIENCY_PORT": str(port), "SALIENCY_INTRA_OP_THREADS": "1"}
     # `python` in the CMD must be this interpreter (the image's venv is first on its PATH in the same way).
     env = os.environ | env | {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     log = tmp_path_factory.mktemp("service") / "service.log"
@@ -233,7 +233,8 @@ def test_image_healthcheck_command_reflects_readiness(service: tuple[str, int]) 
     command = json.loads(dockerfile.last("HEALTHCHECK").split(" CMD ", 1)[1])
     command[0] = sys.executable
     _, port = service
-    ready = subprocess.run(command, env=os.environ | {"PORT": str(port)}, capture_output=True, timeout=10)
+    ready = subprocess.run(command, env=os.environ | {"SALIENCY_PORT": str(port)}, capture_output=True, timeout=10)
     assert ready.returncode == 0, ready.stderr
-    closed = subprocess.run(command, env=os.environ | {"PORT": str(_free_port())}, capture_output=True, timeout=10)
+    nothing_listens = os.environ | {"SALIENCY_PORT": str(_free_port())}
+    closed = subprocess.run(command, env=nothing_listens, capture_output=True, timeout=10)
     assert closed.returncode != 0
