@@ -99,11 +99,13 @@ class Pipeline:
 
     def _decode(self, data: bytes) -> _Decoded:
         start = time.perf_counter()
-        image = decode_image(data, self.settings.max_upload_bytes, self.settings.max_pixels)
-        decoded = time.perf_counter()
+        try:
+            image = decode_image(data, self.settings.max_upload_bytes, self.settings.max_pixels)
+        finally:  # refused images cost decode time too, and that is worth seeing
+            decoded = time.perf_counter()
+            self.metrics.stage_seconds.labels("decode").observe(decoded - start)
         tensor = preprocess(image, self.engine.manifest.preprocess)
         done = time.perf_counter()
-        self.metrics.stage_seconds.labels("decode").observe(decoded - start)
         self.metrics.stage_seconds.labels("preprocess").observe(done - decoded)
         return _Decoded(image, tensor, done - start)
 
