@@ -41,6 +41,7 @@ pytestmark = [
 ]
 
 N_OK = 12  # successful POST /saliency requests sent
+N_CORRUPT = 2  # undecodable uploads sent
 P99_QUERY = "histogram_quantile(0.99, sum(rate(saliency_request_latency_seconds_bucket[1m])) by (le))"
 
 
@@ -144,28 +145,31 @@ def stack(service: tuple[str, int], tmp_path_factory: pytest.TempPathFactory) ->
         _wait_until(lambda: process.poll() is None and _answers(f"{stack.prometheus}/-/ready"), 30, "Prometheus", log)
         # Traffic must start after a first scrape, or rates over the window have nothing to compare with.
         _wait_until(lambda: [s for s in stack.query('up{job="saliency"}') if s["value"][1] == "1"], 20, "a scrape")
-        _send_traffic(service_url)
-        ok = f'sum(saliency_requests_total{{route="/saliency",status="200"}}) >= {N_OK}'
-        _wait_until(lambda: stack.query(ok), 20, "the traffic to be scraped", log)
+        # Labelled series appear with their first request: a first round creates them and gets scraped, the second
+        # round then moves them, so rates (and quantiles) over the window are real numbers, not 0/0.
+        ok = 'sum(saliency_requests_total{route="/saliency",status="200"}) >= '
+        _send_traffic(service_url, ok=2, corrupt=1)
+        _wait_until(lambda: stack.query(ok + "2"), 20, "the first round to be scraped", log)
+        _send_traffic(service_url, ok=N_OK - 2, corrupt=N_CORRUPT - 1)
+        _wait_until(lambda: stack.query(ok + str(N_OK)), 20, "the second round to be scraped", log)
         time.sleep(2.5)  # two more scrapes, so every rate window has samples after the traffic
         yield stack
     finally:
         _stop(process)
 
 
-def _send_traffic(url: str) -> None:
+def _send_traffic(url: str, ok: int, corrupt: int) -> None:
+    """``ok`` valid PNG uploads (4 at a time, so batches form) and ``corrupt`` truncated ones (answered 400)."""
     png = _png()
+    truncated = png[: len(png) // 2]  # a PNG cut in half: recognized as PNG, undecodable
     with httpx.Client(base_url=url, timeout=30) as client:
 
-        def post(_: int) -> int:
-            return client.post("/saliency", files={"image": ("probe.png", png, "image/png")}).status_code
+        def post(body: bytes) -> int:
+            return client.post("/saliency", files={"image": ("probe.png", body, "image/png")}).status_code
 
-        # Concurrent requests, so the batcher forms batches larger than one.
         with ThreadPoolExecutor(max_workers=4) as pool:
-            statuses = list(pool.map(post, range(N_OK)))
-        assert statuses == [200] * N_OK
-        corrupt = client.post("/saliency", files={"image": ("broken.png", b"\x89PNG not really", "image/png")})
-        assert corrupt.status_code == 400, corrupt.text
+            statuses = list(pool.map(post, [png] * ok + [truncated] * corrupt))
+        assert statuses == [200] * ok + [400] * corrupt
         assert client.get("/models").status_code == 200
 
 
@@ -187,9 +191,9 @@ def test_p99_latency_is_a_real_duration(stack: Stack) -> None:
 def test_prometheus_counts_the_requests_that_were_sent(stack: Stack) -> None:
     (ok,) = stack.query('sum(saliency_requests_total{route="/saliency",method="POST",status="200"})')
     (bad,) = stack.query('sum(saliency_requests_total{route="/saliency",method="POST",status="400"})')
-    assert float(ok["value"][1]) == N_OK and float(bad["value"][1]) == 1
+    assert float(ok["value"][1]) == N_OK and float(bad["value"][1]) == N_CORRUPT
     (errors,) = stack.query("sum(saliency_errors_total)")
-    assert float(errors["value"][1]) >= 1
+    assert float(errors["value"][1]) == N_CORRUPT
     (batches,) = stack.query("sum(saliency_batch_size_sum)")
     assert float(batches["value"][1]) == N_OK, "every decoded image passes through exactly one batch"
     (info,) = stack.query("saliency_model_info")
