@@ -3,6 +3,8 @@ passes the service's own validation (a typo or a bad value here would only show 
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import yaml
 from deploy_checks import DEPLOY, REPO, Dockerfile
@@ -66,3 +68,10 @@ def test_kubernetes_service_links_cannot_clobber_the_port_setting() -> None:
         with pytest.raises(ValidationError):
             Settings(port="tcp://10.0.0.1:8000")
         assert pod.get("enableServiceLinks") is False
+
+
+def test_queue_alert_threshold_is_half_the_default_queue() -> None:
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    expr = next(rule["expr"] for rule in rules if rule.get("alert") == "SaliencyQueueSaturated")
+    (threshold,) = re.findall(r"avg_over_time\(saliency_queue_depth\[5m\]\) > (\d+)", expr)
+    assert int(threshold) == Settings.model_fields["queue_size"].default // 2
