@@ -1,0 +1,135 @@
+"""Losses of the within-image co-saliency network (Zou et al., AAAI 2020): RPN (eq. 7–8) and weighted triplet
+(eq. 9–10) terms of ``L_total = α L_decoder + β L_RPN + γ L_RFM`` (eq. 5, α = β = γ = 1).
+
+Eq. (7)–(8) are SSD's MultiBox loss written for one "salient object" class: anchors matched to ground-truth
+boxes (each box's best anchor, plus every anchor with IoU > 0.5), binary confidence loss, Smooth-L1 on the
+offsets of eq. (8) for positives, everything divided by the number of matched anchors N. The paper does not say
+which negatives enter the confidence term; we follow SSD, its source, and keep the hardest ones at 3 per positive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from models.cosal import encode_boxes
+
+RPN_POSITIVE_IOU = 0.5
+RPN_NEGATIVES_PER_POSITIVE = 3
+TRIPLET_MARGIN = 0.2  # FaceNet's margin for unit-length embeddings (the paper does not give its value)
+
+
+def box_iou(boxes_a: Tensor, boxes_b: Tensor) -> Tensor:
+    """Jaccard overlap ``[N, M]`` of ``(x1, y1, x2, y2)`` boxes ``[N,4]`` and ``[M,4]``."""
+    area_a = (boxes_a[:, 2] - boxes_a[:, 0]).clamp(min=0) * (boxes_a[:, 3] - boxes_a[:, 1]).clamp(min=0)
+    area_b = (boxes_b[:, 2] - boxes_b[:, 0]).clamp(min=0) * (boxes_b[:, 3] - boxes_b[:, 1]).clamp(min=0)
+    top_left = torch.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = torch.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return inter / union.clamp(min=torch.finfo(inter.dtype).tiny)
+
+
+def match_anchors(anchors: Tensor, gt_boxes: Tensor, positive_iou: float = RPN_POSITIVE_IOU) -> tuple[Tensor, Tensor]:
+    """Label anchors as the paper does: each ground-truth box's best anchor, and every anchor whose IoU with some
+    box exceeds ``positive_iou``, is positive; all others are negative.
+
+    Args:
+        anchors: ``[N,4]`` anchor boxes.
+        gt_boxes: ``[G,4]`` ground-truth boxes (``G`` may be 0).
+        positive_iou: the IoU above which an anchor is positive.
+
+    Returns:
+        ``labels [N]`` (1.0 positive, 0.0 negative) and ``matched [N]``: the index of each anchor's box
+        (meaningful only for positives; a box's best anchor is matched to that box).
+    """
+    num_anchors = anchors.shape[0]
+    if gt_boxes.shape[0] == 0:
+        return anchors.new_zeros(num_anchors), torch.zeros(num_anchors, dtype=torch.long, device=anchors.device)
+    iou = box_iou(anchors, gt_boxes)
+    best_iou, matched = iou.max(dim=1)
+    labels = (best_iou > positive_iou).to(anchors.dtype)
+    anchor_iou, best_anchor = iou.max(dim=0)
+    # A box that overlaps no anchor at all has no best anchor (argmax would pick anchor 0 and steal it).
+    overlapping = anchor_iou > 0
+    best_anchor = best_anchor[overlapping]
+    labels[best_anchor] = 1.0
+    matched[best_anchor] = torch.arange(gt_boxes.shape[0], device=anchors.device)[overlapping]
+    return labels, matched
+
+
+def rpn_loss(
+    objectness: Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
+    gt_boxes: Sequence[Tensor],
+    positive_iou: float = RPN_POSITIVE_IOU,
+    negatives_per_positive: int = RPN_NEGATIVES_PER_POSITIVE,
+    loc_weight: float = 1.0,
+) -> tuple[Tensor, dict[str, float]]:
+    """Eq. (7): ``(L_conf + α L_loc) / N`` over the batch, N = number of positive anchors (at least 1).
+
+    Args:
+        objectness: ``[B, N]`` logits, flattened in anchor order (``models.cosal.flatten_rpn_outputs``).
+        deltas: ``[B, N, 4]`` predicted offsets.
+        anchors: ``[N, 4]`` anchors (``CoSaliencyNet.anchors``).
+        gt_boxes: per image, ``[G_b, 4]`` boxes in input pixels.
+        positive_iou: matching threshold.
+        negatives_per_positive: hard negatives kept per positive in the confidence term (per image; an image
+            without boxes keeps this many).
+        loc_weight: α (1 in the paper).
+
+    Returns:
+        The loss and its parts (``conf``, ``loc``, ``positives``) as floats for logging.
+    """
+    conf_total = objectness.new_zeros(())
+    loc_total = objectness.new_zeros(())
+    num_positive = 0
+    for scores, offsets, boxes in zip(objectness, deltas, gt_boxes, strict=True):
+        labels, matched = match_anchors(anchors, boxes.to(anchors.dtype), positive_iou)
+        positive = labels > 0
+        count = int(positive.sum())
+        bce = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
+        # Hard negative mining: the negatives the model is most wrong about.
+        negative_loss = bce.detach().masked_fill(positive, float("-inf"))
+        num_negative = min(negatives_per_positive * max(count, 1), int((~positive).sum()))
+        hard = negative_loss.topk(num_negative).indices
+        conf_total = conf_total + bce[positive].sum() + bce[hard].sum()
+        if count:
+            targets = encode_boxes(boxes.to(anchors.dtype)[matched[positive]], anchors[positive])
+            loc_total = loc_total + F.smooth_l1_loss(offsets[positive], targets, beta=1.0, reduction="sum")
+        num_positive += count
+    normalizer = max(num_positive, 1)
+    loss = (conf_total + loc_weight * loc_total) / normalizer
+    parts = {
+        "conf": float(conf_total.detach()) / normalizer,
+        "loc": float(loc_total.detach()) / normalizer,
+        "positives": float(num_positive),
+    }
+    return loss, parts
+
+
+def triplet_weights(anchor_iou: Tensor, positive_iou: Tensor) -> Tensor:
+    """Eq. (9): ``β_i = IoU(anchor, gt) × IoU(positive, gt)`` for each triplet."""
+    return anchor_iou * positive_iou
+
+
+def weighted_triplet_loss(
+    anchor: Tensor, positive: Tensor, negative: Tensor, weights: Tensor, margin: float = TRIPLET_MARGIN
+) -> Tensor:
+    """Eq. (10) weighted by eq. (9): ``mean_i β_i · max(d(a_i,p_i) − d(a_i,n_i) + margin, 0)``.
+
+    ``d`` is the squared Euclidean distance of eq. (4). The paper sums the weighted terms; we average them so
+    the loss does not grow with the number of triplets per image.
+
+    Args:
+        anchor, positive, negative: ``[K, D]`` region vectors.
+        weights: ``[K]`` β_i.
+        margin: the enforced gap between positive and negative distances.
+    """
+    d_pos = (anchor - positive).pow(2).sum(dim=1)
+    d_neg = (anchor - negative).pow(2).sum(dim=1)
+    return (weights * (d_pos - d_neg + margin).clamp(min=0)).mean()
