@@ -20,7 +20,7 @@ def _oracle(pairs: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Fmeasure's deprecation notice
         fm = py_sod_metrics.Fmeasure()
-    mae, sm, em, wfm = py_sod_metrics.MAE(), py_sod_metrics.Smeasure(), py_sod_metrics.Emeasure(), None
+    mae, sm, em = py_sod_metrics.MAE(), py_sod_metrics.Smeasure(), py_sod_metrics.Emeasure()
     wfm = py_sod_metrics.WeightedFmeasure()
     for pred, gt in pairs:
         gt_u8 = gt.astype(np.uint8) * 255
