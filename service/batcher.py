@@ -77,6 +77,11 @@ class Batcher:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def running(self) -> bool:
+        """Whether a batch is on (or waiting for) the inference thread."""
+        return self._busy
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._collect(), name="batcher")
 

@@ -99,7 +99,7 @@ async def test_batch_route_keeps_order(client: httpx.AsyncClient) -> None:
     assert [(r["image"]["width"], r["image"]["height"]) for r in results] == sizes
     solo = await client.post("/saliency", files=upload(encode(scene(64, 48, seed=1))))
     solo_map = decode_png_b64(solo.json()["saliency_png"])
-    np.testing.assert_array_equal(decode_png_b64(results[1]["saliency_png"]), solo_map)
+    assert np.abs(decode_png_b64(results[1]["saliency_png"]).astype(int) - solo_map.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize(
