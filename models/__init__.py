@@ -3,7 +3,8 @@
 Importing the package registers every architecture; use ``build_model(name)`` and ``list_models()``.
 """
 
-import models.attention_baselines  # noqa: F401  (registers models)
+from models import attention_baselines as attention_baselines  # registers models
+from models import cosal as cosal  # registers models
 from models import picanet  # noqa: F401  (registers models)
 from models.outputs import AttentionGeometry, ModelOutput
 from models.registry import build_model, list_models, model_paper, register_model
