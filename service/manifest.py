@@ -75,6 +75,15 @@ class VariantSpec(_Strict):
     speed: dict[str, float] = Field(default_factory=dict)  # e.g. ms_per_image_b1
 
 
+class RejectedVariantSpec(_Strict):
+    """A variant the export built and measured but did not ship (e.g. int8 outside the accuracy bound)."""
+
+    precision: Literal["fp32", "fp16", "int8"]
+    reason: str
+    accuracy: dict[str, dict[str, float]] = Field(default_factory=dict)
+    speed: dict[str, float] = Field(default_factory=dict)
+
+
 class SourceSpec(_Strict):
     checkpoint: str
     sha256: str
@@ -96,6 +105,7 @@ class Manifest(_Strict):
     outputs: list[OutputSpec]
     variants: dict[str, VariantSpec]
     default_variant: str = "fp32"
+    rejected_variants: dict[str, RejectedVariantSpec] = Field(default_factory=dict)
     files: dict[str, FileSpec]
     opset: int
     source: SourceSpec

@@ -1,0 +1,323 @@
+"""Checkpoint → bundle folder: export, parity, graph optimization trial, int8/fp16 variants, TensorRT, manifest.
+
+The bundle is assembled in a temporary sibling folder and renamed into place, so a failed export (parity,
+accuracy, a crash) never leaves a half-written bundle where the service would load it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from export.accuracy import DEFAULT_DATA_ROOT, EvalSplit, eval_split, evaluate_session
+from export.checkpoint import LoadedCheckpoint, load_checkpoint
+from export.fp16 import convert_fp16
+from export.images import list_images, load_batch
+from export.onnx_export import INPUT_NAME, OPSET, ExportedGraph, export_onnx
+from export.parity import check_parity, cpu_session, max_abs_diff
+from export.quantize import quantize_int8
+from export.tensorrt import build_engine, detect_tensorrt
+from export.timing import measure
+from export.triton import write_triton_repository
+from models import model_paper
+from service.manifest import (
+    MANIFEST_FILE,
+    FileSpec,
+    Manifest,
+    PreprocessSpec,
+    RejectedVariantSpec,
+    SourceSpec,
+    VariantSpec,
+    load_manifest,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+
+FP32_TOLERANCE = 1e-4
+# fp16 keeps ~3 significant digits; measured max abs diff on the default model's outputs was ~7e-3.
+FP16_TOLERANCE = 2e-2
+INT8_MAX_F_DROP = 0.005
+INT8_MAE_RISE = 0.005
+# An offline-optimized model is shipped only if it beats online ALL-level optimization by this margin.
+OFFLINE_OPT_MIN_GAIN = 0.05
+FIXTURE_IMAGES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sod" / "images"
+
+
+class ExportError(RuntimeError):
+    """The export cannot proceed (no real images for parity, a required input missing); the message says why."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``python -m export`` was asked to build (see ``export/__main__.py`` for the flags)."""
+
+    checkpoint: Path
+    out: Path
+    int8: bool = False
+    calib_images: Path | None = None
+    calib_split: Path | None = None
+    calib_count: int = 100
+    fp16: bool = False
+    tensorrt: bool = False
+    triton: Path | None = None
+    name: str | None = None
+    version: str | None = None
+    data_root: Path = DEFAULT_DATA_ROOT
+    parity_images: Path | None = None
+    parity_count: int = 8
+    speed_runs: int = 30
+    threads: int = 2
+
+
+def _parity_images(options: ExportOptions, data: EvalSplit | None) -> list[Path]:
+    if options.parity_images:
+        return list_images(options.parity_images, limit=options.parity_count)
+    if options.calib_images:
+        return list_images(options.calib_images, options.calib_split, limit=options.parity_count)
+    if data is not None:
+        return [s.image for s in data.samples[: options.parity_count]]
+    if FIXTURE_IMAGES.is_dir():
+        return list_images(FIXTURE_IMAGES, limit=options.parity_count)
+    raise ExportError(
+        "no real images for the parity check: pass --parity-images DIR or --calib-images DIR "
+        f"(looked for {options.data_root} and {FIXTURE_IMAGES})"
+    )
+
+
+def _speed(path: Path, input_size: int, options: ExportOptions, level: str = "all") -> dict[str, float]:
+    session = cpu_session(path, options.threads, level)
+    rng = np.random.default_rng(0)
+    speed: dict[str, float] = {"threads": float(options.threads)}
+    for batch in (1, 8):
+        x = rng.standard_normal((batch, 3, input_size, input_size), dtype=np.float32)
+        latency = measure(lambda x=x: session.run(None, {INPUT_NAME: x}), batch, options.speed_runs)
+        speed[f"ms_per_image_b{batch}"] = round(latency.median_ms, 3)
+        speed[f"p90_ms_per_image_b{batch}"] = round(latency.p90_ms, 3)
+    return speed
+
+
+def _graph_optimization_trial(fp32: Path, work: Path, input_size: int, options: ExportOptions) -> dict[str, Any]:
+    """Time ONNX Runtime's online BASIC vs ALL optimization and an offline ALL-optimized file.
+
+    The service optimizes at load time (ALL), so an offline file only helps if it runs measurably faster;
+    it is also specific to the CPU provider it was optimized for.
+    """
+    offline = work / "model.ort-cpu.onnx"
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.optimized_model_filepath = str(offline)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(fp32), so, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((1, 3, input_size, input_size), dtype=np.float32)
+    medians = {}
+    for label, path, level in (
+        ("online_basic", fp32, "basic"),
+        ("online_all", fp32, "all"),
+        ("offline_all", offline, "disable"),
+    ):
+        session = cpu_session(path, options.threads, level)
+        medians[label] = round(
+            measure(lambda s=session: s.run(None, {INPUT_NAME: x}), 1, options.speed_runs).median_ms, 3
+        )
+    gain = 1.0 - medians["offline_all"] / medians["online_all"]
+    keep = gain >= OFFLINE_OPT_MIN_GAIN
+    if not keep:
+        offline.unlink()
+    return {
+        "ms_per_image_b1": medians,
+        "offline_gain": round(gain, 4),
+        "shipped": keep,
+        "provider": "CPUExecutionProvider",
+    }
+
+
+def _default_name(ckpt: LoadedCheckpoint) -> str:
+    return ckpt.model_name
+
+
+def _default_version(ckpt: LoadedCheckpoint) -> str:
+    run = ckpt.config.get("name", "run")
+    return f"{run}-e{ckpt.epochs_completed}" if ckpt.epochs_completed is not None else str(run)
+
+
+def export_bundle(options: ExportOptions) -> dict[str, Any]:
+    """Build the bundle described by ``options`` and return the report ``python -m export`` prints.
+
+    Raises:
+        ParityError: an fp32 output differs from PyTorch by more than 1e-4 (or fp16 by more than 2e-2).
+        ExportError: no real images are available for parity, or ``--int8`` was given without images.
+    """
+    if options.int8 and options.calib_images is None:
+        raise ExportError("--int8 needs --calib-images DIR (real images; noise calibration wrecks int8 accuracy)")
+    ckpt = load_checkpoint(options.checkpoint)
+    pre = ckpt.preprocess
+    size = pre.input_size
+    data = eval_split(options.data_root)
+    out = Path(options.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    report: dict[str, Any] = {"bundle": str(out), "checkpoint": str(options.checkpoint)}
+    try:
+        fp32 = work / "model.onnx"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant at export
+            graph = export_onnx(ckpt.model, fp32, size)
+        parity_batch = load_batch(_parity_images(options, data), pre)
+        diffs = max_abs_diff(graph.wrapper, cpu_session(fp32, options.threads), parity_batch)
+        report["parity_fp32"] = {"images": len(parity_batch), "tolerance": FP32_TOLERANCE, "max_abs_diff": diffs}
+        check_parity(diffs, FP32_TOLERANCE, "ONNX Runtime fp32")
+
+        variants: dict[str, VariantSpec] = {}
+        rejected: dict[str, RejectedVariantSpec] = {}
+        accuracy32 = evaluate_session(cpu_session(fp32, options.threads), data, pre) if data else None
+        speed32 = _speed(fp32, size, options)
+        variants["fp32"] = VariantSpec(
+            file=fp32.name, precision="fp32", accuracy={data.name: accuracy32} if data else {}, speed=speed32
+        )
+        optimization = _graph_optimization_trial(fp32, work, size, options)
+        report["graph_optimization"] = optimization
+        if optimization["shipped"]:
+            variants["fp32_ort_cpu"] = VariantSpec(
+                file="model.ort-cpu.onnx",
+                precision="fp32",
+                speed=_speed(work / "model.ort-cpu.onnx", size, options, "disable"),
+            )
+
+        default_variant = "fp32"
+        if options.int8:
+            default_variant = _int8_variant(
+                options, ckpt, graph, fp32, work, data, accuracy32, variants, rejected, report
+            )
+        if options.fp16:
+            fp16 = convert_fp16(fp32, work / "model.fp16.onnx")
+            diffs16 = max_abs_diff(graph.wrapper, cpu_session(fp16, options.threads), parity_batch)
+            report["parity_fp16_cpu"] = {"tolerance": FP16_TOLERANCE, "max_abs_diff": diffs16}
+            check_parity(diffs16, FP16_TOLERANCE, "ONNX Runtime fp16 (CPU)")
+            # Speed is not recorded: ORT's CPU provider runs fp16 through casts; the variant is for GPUs.
+            variants["fp16"] = VariantSpec(file=fp16.name, precision="fp16")
+        if options.tensorrt:
+            report["tensorrt"] = _tensorrt_variant(fp32, work, size, variants)
+
+        report["variants"] = {k: v.model_dump() for k, v in variants.items()}
+        manifest = Manifest(
+            name=options.name or _default_name(ckpt),
+            version=options.version or _default_version(ckpt),
+            architecture=ckpt.model_name,
+            paper=model_paper(ckpt.model_name),
+            description=f"{ckpt.model_name} {json.dumps(ckpt.model_kwargs, sort_keys=True)}",
+            preprocess=PreprocessSpec(input_size=size, resize=pre.resize, mean=pre.mean, std=pre.std),
+            input_name=INPUT_NAME,
+            outputs=graph.outputs,
+            variants=variants,
+            default_variant=default_variant,
+            rejected_variants=rejected,
+            files={
+                p.name: FileSpec(sha256=sha256_file(p), bytes=p.stat().st_size)
+                for p in sorted(work.iterdir())
+                if p.is_file()
+            },
+            opset=OPSET,
+            source=SourceSpec(
+                checkpoint=str(options.checkpoint),
+                sha256=ckpt.sha256,
+                epoch=ckpt.epochs_completed,
+                config=ckpt.config.get("name"),
+            ),
+            training_data=ckpt.training_data,
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        )
+        (work / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        load_manifest(work)  # the service's own loader must accept what we wrote
+        _replace_folder(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    report["default_variant"] = default_variant
+    if options.triton:
+        report["triton"] = str(write_triton_repository(out, load_manifest(out), options.triton))
+    return report
+
+
+def _int8_variant(
+    options: ExportOptions,
+    ckpt: LoadedCheckpoint,
+    graph: ExportedGraph,
+    fp32: Path,
+    work: Path,
+    data: EvalSplit | None,
+    accuracy32: dict[str, float] | None,
+    variants: dict[str, VariantSpec],
+    rejected: dict[str, RejectedVariantSpec],
+    report: dict[str, Any],
+) -> str:
+    """Quantize, measure, and ship int8 only inside the accuracy bound; returns the default variant's key."""
+    calib_paths = list_images(options.calib_images, options.calib_split, limit=options.calib_count)
+    int8 = work / "model.int8.onnx"
+    attention = [o.name for o in graph.outputs if o.kind == "attention"]
+    quantize_int8(fp32, int8, load_batch(calib_paths, ckpt.preprocess), attention)
+    parity_images = load_batch(_parity_images(options, data), ckpt.preprocess)
+    diffs = max_abs_diff(graph.wrapper, cpu_session(int8, options.threads), parity_images)
+    speed = _speed(int8, ckpt.preprocess.input_size, options)
+    accuracy8 = evaluate_session(cpu_session(int8, options.threads), data, ckpt.preprocess) if data else None
+    entry: dict[str, Any] = {
+        "calibration_images": len(calib_paths),
+        "max_abs_diff_vs_pytorch": diffs,
+        "accuracy": {"fp32": accuracy32, "int8": accuracy8, "split": data.name if data else None},
+        "speed_ms_per_image_b1": {"fp32": variants["fp32"].speed["ms_per_image_b1"], "int8": speed["ms_per_image_b1"]},
+    }
+    reason = None
+    if accuracy8 is None or accuracy32 is None:
+        reason = f"no labelled split under {options.data_root} to check int8 accuracy against fp32"
+    elif (
+        accuracy32["max_f"] - accuracy8["max_f"] > INT8_MAX_F_DROP
+        or accuracy8["mae"] - accuracy32["mae"] > INT8_MAE_RISE
+    ):
+        reason = (
+            f"int8 accuracy outside the bound on {data.name}: max F {accuracy8['max_f']:.4f}"
+            f" vs fp32 {accuracy32['max_f']:.4f}"
+            f" (allowed drop {INT8_MAX_F_DROP}), MAE {accuracy8['mae']:.4f} vs {accuracy32['mae']:.4f}"
+            f" (allowed rise {INT8_MAE_RISE})"
+        )
+    accuracy = {data.name: accuracy8} if data and accuracy8 else {}
+    entry["shipped"] = reason is None
+    entry["reason"] = reason
+    report["int8"] = entry
+    if reason is not None:
+        log.warning("int8 variant not shipped: %s", reason)
+        int8.unlink()
+        rejected["int8"] = RejectedVariantSpec(precision="int8", reason=reason, accuracy=accuracy, speed=speed)
+        return "fp32"
+    variants["int8"] = VariantSpec(file=int8.name, precision="int8", accuracy=accuracy, speed=speed)
+    return "int8" if speed["ms_per_image_b1"] < variants["fp32"].speed["ms_per_image_b1"] else "fp32"
+
+
+def _tensorrt_variant(fp32: Path, work: Path, input_size: int, variants: dict[str, VariantSpec]) -> dict[str, Any]:
+    availability = detect_tensorrt()
+    if not availability.available:
+        log.warning("TensorRT engine skipped: %s", availability.reason)
+        return {"built": False, "skipped_because": availability.reason}
+    plan = build_engine(fp32, work / "model.plan", INPUT_NAME, (3, input_size, input_size))
+    variants["tensorrt"] = VariantSpec(file=plan.name, precision="fp16", runtime="tensorrt")
+    return {"built": True, "detail": availability.reason}
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Swap ``new`` into ``target``; the old bundle is removed only after the new one is in place."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)

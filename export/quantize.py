@@ -1,0 +1,116 @@
+"""Static int8 QDQ quantization calibrated on real images (ONNX Runtime's quantization tool).
+
+Calibration images go through the bundle's own preprocessing: calibrating on random noise instead put the
+int8 model 0.48 away from fp32 (MEASURED.md), so there is deliberately no synthetic fallback.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+
+from export.onnx_export import INPUT_NAME
+
+log = logging.getLogger(__name__)
+
+# Only the convolutions (and the GAP pooling MatMul) carry the arithmetic; quantizing the ~300 Slice/Pad/Reshape
+# nodes of the shifted-window attention only adds Q/DQ pairs. LSTM, Softmax and Sigmoid stay fp32 because they
+# are not in this list, so attention weights keep their float normalization.
+QUANTIZED_OPS = ("Conv", "MatMul")
+
+
+class ImageCalibrationReader(CalibrationDataReader):
+    """Feeds preprocessed calibration images to the calibrator one at a time.
+
+    Args:
+        images: ``[N,3,S,S]`` float32 array, preprocessed like the service's input.
+    """
+
+    def __init__(self, images: np.ndarray) -> None:
+        if len(images) == 0:
+            raise ValueError("int8 calibration needs at least one image")
+        self._images = images
+        self._iter: Iterator[dict[str, np.ndarray]] = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for image in self._images:
+            yield {INPUT_NAME: image[None]}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._iter, None)
+
+    def rewind(self) -> None:
+        self._iter = self._batches()
+
+
+def attention_logit_nodes(model: onnx.ModelProto, attention_outputs: list[str]) -> list[str]:
+    """Nodes that produce each attention output directly or through one Softmax/Sigmoid (its logits conv).
+
+    Quantizing the logits of a softmax shifts every weight of the pixel's distribution, so those convolutions
+    stay fp32 (cheap: one 1×1 conv per attention module).
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    excluded = []
+    for name in attention_outputs:
+        node = producer.get(name)
+        while node is not None and node.op_type not in ("Conv", "MatMul"):
+            node = producer.get(node.input[0])
+        if node is not None:
+            excluded.append(node.name)
+    return excluded
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration_images: np.ndarray,
+    attention_outputs: list[str],
+    keep_attention_fp32: bool = True,
+) -> Path:
+    """Write a static QDQ int8 model: per-channel int8 weights, uint8 activations, min-max calibration.
+
+    Args:
+        fp32_path: the exported fp32 model.
+        out_path: where to write the int8 model.
+        calibration_images: real images, preprocessed (see :class:`ImageCalibrationReader`).
+        attention_outputs: names of the attention outputs (their logits convolutions stay fp32).
+        keep_attention_fp32: set False to quantize the attention logits too (for measuring its cost).
+
+    Returns:
+        ``out_path``.
+    """
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        # Shape inference + ORT's basic graph cleanup before quantization, as the ORT docs recommend.
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+        model = onnx.load(str(prepared))
+        excluded = attention_logit_nodes(model, attention_outputs) if keep_attention_fp32 else []
+        log.info("int8: quantizing %s, keeping %d attention logit nodes in fp32", QUANTIZED_OPS, len(excluded))
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            ImageCalibrationReader(calibration_images),
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(QUANTIZED_OPS),
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=excluded,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    onnx.checker.check_model(str(out_path))
+    return out_path
