@@ -3,7 +3,9 @@
 Importing the package registers every architecture; use ``build_model(name)`` and ``list_models()``.
 """
 
+from models import arn as arn  # registers models
 from models import attention_baselines as attention_baselines  # registers models
+from models import class_net as class_net  # registers models
 from models import cosal as cosal  # registers models
 from models import picanet  # noqa: F401  (registers models)
 from models.outputs import AttentionGeometry, ModelOutput

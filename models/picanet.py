@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbones.mobile import CompactEncoder
+from models.backbones.vgg import VGG16Encoder
 from models.layers import ConvBNReLU, init_weights
 from models.outputs import AttentionGeometry, ModelOutput
 from models.picanet_modules import (
@@ -244,3 +245,23 @@ def picanet_lite(setting: str = "6GAP_543AC", input_size: int = 224, **encoder_k
         separable_local=True,
         fuse_kernel=3,
     )
+
+
+@register_model("picanet_lite_lap", paper="PiCANet (TIP 2020)")
+def picanet_lite_lap(setting: str = "6GAP_543LAP", input_size: int = 224, **encoder_kwargs: object) -> PiCANet:
+    """``picanet_lite`` with local attention *pooling* (LAP, eq. 3) instead of attention convolution (AC).
+
+    Same compact encoder and deviations as ``picanet_lite``; Table I compares the two kinds of local PiCANet.
+    """
+    return picanet_lite(setting=setting, input_size=input_size, **encoder_kwargs)
+
+
+@register_model("picanet_vgg16", paper="PiCANet (TIP 2020)")
+def picanet_vgg16(setting: str = "6GAP_5432AC", input_size: int = 224, fc6_dilation: int = 12) -> PiCANet:
+    """The paper's model: ``+6GAP_5432AC`` on VGG16 at output stride 8, 224×224 input (section IV).
+
+    GAP: ReNet with 256 units, a 10×10 grid with dilation 3 on the 28×28 map; LAP/AC: 7×7 convolution with
+    dilation 2 to 128 channels; 1×1 fusion convolutions. fc6 is a 3×3 convolution with dilation ``fc6_dilation``
+    (DeepLab-LargeFOV's 12; the paper does not state it).
+    """
+    return PiCANet(VGG16Encoder(picanet=True, fc6_dilation=fc6_dilation), setting=setting, input_size=input_size)
