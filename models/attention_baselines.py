@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbones.mobile import CompactEncoder
+from models.backbones.vgg import VGG16Encoder
 from models.layers import ConvBNReLU, init_weights
 from models.outputs import AttentionGeometry, ModelOutput
 from models.registry import register_model
@@ -225,3 +226,33 @@ def attnbaseline_activation_lite(
 ) -> AttentionBaselineNet:
     """*Implicit Attention (Activation)* on the compact encoder: post-hoc ``Σ_d |Z_d|²`` maps, no module."""
     return _lite("activation", mode, input_size, **encoder_kwargs)
+
+
+def _vgg16(attention: AttentionKind, mode: AttentionMode, input_size: int) -> AttentionBaselineNet:
+    return AttentionBaselineNet(
+        VGG16Encoder(picanet=True), attention, mode, decoder_channels=(256, 128, 64), input_size=input_size
+    )
+
+
+# The VGG16 variants use the paper's modification (pool4 stride 1, Conv5 dilation 2, no pool5: output stride 8)
+# through PiCANet's encoder, which also keeps fc6/fc7 as 3×3/1×1 convolutions on top (loadable from the ImageNet
+# classifier); the paper's decoder starts from Conv5 instead. Load ImageNet weights with
+# ``model.encoder.load_pretrained(path)``.
+
+
+@register_model("attnbaseline_softmax_vgg16", paper=_PAPER)
+def attnbaseline_softmax_vgg16(mode: AttentionMode = "learned", input_size: int = 224) -> AttentionBaselineNet:
+    """*Implicit Attention (Softmax)* on VGG16 (decoder at strides 8 → 4 → 2, 256/128/64 channels)."""
+    return _vgg16("softmax", mode, input_size)
+
+
+@register_model("attnbaseline_sigmoid_vgg16", paper=_PAPER)
+def attnbaseline_sigmoid_vgg16(mode: AttentionMode = "learned", input_size: int = 224) -> AttentionBaselineNet:
+    """*Implicit Attention (Sigmoid)* on VGG16 (decoder at strides 8 → 4 → 2, 256/128/64 channels)."""
+    return _vgg16("sigmoid", mode, input_size)
+
+
+@register_model("attnbaseline_activation_vgg16", paper=_PAPER)
+def attnbaseline_activation_vgg16(mode: AttentionMode = "learned", input_size: int = 224) -> AttentionBaselineNet:
+    """*Implicit Attention (Activation)* on VGG16: post-hoc ``Σ_d |Z_d|²`` maps, no attention module."""
+    return _vgg16("activation", mode, input_size)

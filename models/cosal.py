@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.backbones.mobile import CompactEncoder
+from models.backbones.vgg import VGG16Encoder
 from models.layers import ConvBNReLU, init_weights
 from models.outputs import AttentionGeometry, ModelOutput
 from models.registry import register_model
@@ -285,6 +286,26 @@ def cosal_lite(input_size: int = 224, frozen_encoder: bool = False, **encoder_kw
         anchor_sizes=scaled_anchor_sizes(input_size),
         embedding_dim=128,
         rfm_hidden=256,
+        input_size=input_size,
+        frozen_encoder=frozen_encoder,
+    )
+
+
+@register_model("cosal_vgg16", paper=_PAPER)
+def cosal_vgg16(input_size: int = 224, frozen_encoder: bool = True) -> CoSaliencyNet:
+    """The paper's network: plain VGG16 convolutions (Conv1…Conv5, stride 16), frozen, U-Net decoder down to
+    stride 1, R with 512 channels, 128-d region vectors. Load ImageNet weights with
+    ``model.encoder.load_pretrained(path)`` before training.
+
+    Deviation: 224×224 inputs (the service's size) with the anchors scaled from the paper's 128/256/512 px on
+    ~512 px images to 56/112/224 px; the paper feeds images at their own size (450–1078 px).
+    """
+    return CoSaliencyNet(
+        VGG16Encoder(picanet=False),
+        sensitive_channels=512,
+        anchor_sizes=scaled_anchor_sizes(input_size),
+        embedding_dim=128,
+        rfm_hidden=512,
         input_size=input_size,
         frozen_encoder=frozen_encoder,
     )

@@ -154,3 +154,15 @@ def test_backward_reaches_every_parameter(kind: str, mode: str) -> None:
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing, f"no gradient reached {missing}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_vgg16_variants_decode_at_strides_8_4_2(kind: str) -> None:
+    # Small input: the nominal-size VGG16 pass is covered by the registry export test; this checks the wiring.
+    model = build_model(f"attnbaseline_{kind}_vgg16").eval()
+    assert model.input_size == 224
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert [g.stride for g in model.attention_geometry()] == [8, 4, 2]
+    assert [out.attention[g.name].shape[-1] for g in model.attention_geometry()] == [8, 16, 32]
+    assert [s.shape[-1] for s in out.saliency] == [8, 16, 32]

@@ -148,3 +148,15 @@ def test_frozen_encoder_gets_no_gradients_and_keeps_its_statistics(how: str) -> 
     assert trainable and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable)
     for key, value in model.encoder.state_dict().items():
         assert torch.equal(value, stats_before[key]), f"{key} changed while frozen"
+
+
+def test_vgg16_variant_is_the_papers_frozen_unet() -> None:
+    # Small input: the nominal-size VGG16 pass is covered by the registry export test; this checks the wiring.
+    model = build_model("cosal_vgg16").train()
+    assert model.frozen_encoder and not model.encoder.training
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert model.feature_stride == 16 and model.anchors((4, 4)).shape == (4 * 4 * 9, 4)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert [s.shape[-1] for s in out.saliency] == [4, 8, 16, 32, 64]  # strides 16 … 1, as U-Net
+    assert out.embedding is not None and out.embedding.shape == (1, 512, 4, 4)
