@@ -105,14 +105,166 @@ def picanet_loss(
     return total, parts
 
 
+CLASS_BETA2 = 0.3  # β² of the F-measure loss (the standard SOD setting)
+CLASS_EPS = 1e-7  # ε of eq. (10)-(11)
+CLASS_REGION_WINDOW = 11  # sliding-window size of the region loss; the paper's [38] uses SSIM's 11×11 window
+ATTENTION_KL_WEIGHT = 0.01  # weight of the fixation KL term of the attention baselines (section IV-A)
+
+
+def _at_least_float32(x: Tensor) -> Tensor:
+    """bf16/fp16 autocast outputs are promoted; float64 stays (exact hand-computation tests)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:
+    """Logits at the ground truth's size, in at least float32."""
+    logits = _at_least_float32(logits)
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def region_similarity_loss(prob: Tensor, target: Tensor, window: int = CLASS_REGION_WINDOW, stride: int = 1) -> Tensor:
+    """Eq. (8)-(9): mean over sliding windows of ``(μ_S − μ_G)² + (σ_S − σ_G)²``.
+
+    Windows are ``window``×``window`` with ``stride``, fully inside the map (no padding); σ is the population
+    standard deviation of the window (a small constant keeps its gradient finite on flat windows).
+    """
+    window = min(window, prob.shape[-2], prob.shape[-1])
+
+    def stats(x: Tensor) -> tuple[Tensor, Tensor]:
+        mean = F.avg_pool2d(x, window, stride)
+        var = (F.avg_pool2d(x * x, window, stride) - mean * mean).clamp_min(0)
+        return mean, torch.sqrt(var + 1e-12)
+
+    mean_s, std_s = stats(prob)
+    mean_g, std_g = stats(target)
+    return ((mean_s - mean_g) ** 2 + (std_s - std_g) ** 2).mean()
+
+
+def f_measure_loss(prob: Tensor, target: Tensor, beta2: float = CLASS_BETA2, eps: float = CLASS_EPS) -> Tensor:
+    """Eq. (10)-(13): ``1 − F_β`` with soft precision ``ΣSG/(ΣS+ε)`` and recall ``ΣSG/(ΣG+ε)`` per image.
+
+    ε is also added to the F-measure's denominator, which eq. (12) leaves bare, so an image where the prediction
+    misses the object entirely scores F = 0 instead of 0/0.
+    """
+    tp = (prob * target).sum(dim=(1, 2, 3))
+    precision = tp / (prob.sum(dim=(1, 2, 3)) + eps)
+    recall = tp / (target.sum(dim=(1, 2, 3)) + eps)
+    f = (1 + beta2) * precision * recall / (beta2 * precision + recall + eps)
+    return (1 - f).mean()
+
+
+def class_loss(
+    output: ModelOutput,
+    target: Tensor,
+    window: int = CLASS_REGION_WINDOW,
+    beta2: float = CLASS_BETA2,
+) -> tuple[Tensor, dict[str, float]]:
+    """CLASS cross-level supervision, eq. (14)-(15): ``Σ_i 2^{-(i-1)} (L_pixel + L_region + L_object)``.
+
+    Side output i = 1 is the finest (the last of ``output.saliency``), so coarser outputs weigh less. Each side
+    output's logits are upsampled bilinearly to the ground truth's size before the losses, as the paper supervises
+    every stage with the full-resolution ground truth.
+    """
+    parts = {"bce": 0.0, "region": 0.0, "object": 0.0}
+    total = target.new_zeros(())
+    for level, logits in enumerate(reversed(output.saliency), start=1):
+        weight = 1.0 / 2 ** (level - 1)
+        logits = _upsample_logits(logits, target.shape[-2:])
+        prob = torch.sigmoid(logits)
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        region = region_similarity_loss(prob, target, window)
+        obj = f_measure_loss(prob, target, beta2)
+        total = total + weight * (bce + region + obj)
+        for key, value in (("bce", bce), ("region", region), ("object", obj)):
+            parts[key] += weight * float(value.detach())
+    parts["loss"] = float(total.detach())
+    return total, parts
+
+
+def arn_loss(output: ModelOutput, target: Tensor, side_weights: Sequence[float] | None = None) -> tuple[Tensor, dict]:
+    """ARN: pixel-wise binary cross-entropy of the final saliency map against the ground truth.
+
+    ``side_weights`` (coarsest first, one per side output) optionally adds the same loss on every side output;
+    the paper supervises the final map only, which is the default.
+    """
+    sides = list(output.saliency)
+    weights = [0.0] * (len(sides) - 1) + [1.0] if side_weights is None else list(side_weights)
+    if len(weights) != len(sides):
+        raise ValueError(f"{len(weights)} side weights for {len(sides)} side outputs")
+    total = target.new_zeros(())
+    for weight, logits in zip(weights, sides, strict=True):
+        if weight:
+            logits = _upsample_logits(logits, target.shape[-2:])
+            total = total + weight * F.binary_cross_entropy_with_logits(logits, target)
+    return total, {"bce": float(total.detach()), "loss": float(total.detach())}
+
+
+def fixation_kl_loss(attention: Tensor, fixation_map: Tensor) -> Tensor:
+    """``KL(P_fix ‖ P_att)`` per image, both maps normalized to sum 1 over positions, at the attention's size.
+
+    Images whose fixation map is all zero (no fixations recorded, e.g. ECSSD) are left out; the result is the
+    mean over the others, or 0 when there are none.
+    """
+    fixations = F.adaptive_avg_pool2d(_at_least_float32(fixation_map), attention.shape[-2:])
+    fix_sum = fixations.sum(dim=(1, 2, 3))
+    has_fixations = fix_sum > 0
+    if not bool(has_fixations.any()):
+        return _at_least_float32(attention.new_zeros(()))
+    q = fixations[has_fixations] / fix_sum[has_fixations].view(-1, 1, 1, 1)
+    p = _at_least_float32(attention[has_fixations])
+    p = p / p.sum(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
+    kl = (torch.xlogy(q, q) - q * torch.log(p.clamp_min(1e-12))).sum(dim=(1, 2, 3))
+    return kl.mean()
+
+
+def attention_baseline_loss(
+    output: ModelOutput,
+    target: Tensor,
+    fixation_map: Tensor | None = None,
+    kl_weight: float = ATTENTION_KL_WEIGHT,
+) -> tuple[Tensor, dict[str, float]]:
+    """Attention baselines (section IV-A): BCE on the three side outputs with equal weights, plus, for
+    *Explicit Attention (Supervised)*, ``kl_weight`` × the mean KL of every ``spatial/*`` attention map to the
+    human fixation density.
+
+    Side outputs are upsampled to the ground truth's size. Without a fixation map (or with ``kl_weight = 0``) this
+    is the implicit-attention loss.
+    """
+    total = target.new_zeros(())
+    for logits in output.saliency:
+        total = total + F.binary_cross_entropy_with_logits(_upsample_logits(logits, target.shape[-2:]), target)
+    parts = {"bce": float(total.detach())}
+    maps = [v for k, v in sorted(output.attention.items()) if k.startswith("spatial/")]
+    if fixation_map is not None and kl_weight and maps:
+        kl = torch.stack([fixation_kl_loss(m, fixation_map) for m in maps]).mean()
+        total = total + kl_weight * kl
+        parts["kl"] = float(kl.detach())
+    parts["loss"] = float(total.detach())
+    return total, parts
+
+
+LOSS_KINDS = ("picanet", "class", "arn", "attention_baseline")
+
+
 def build_loss(cfg, model):
-    """The loss a config names, bound to the model's attention geometry: ``(output, target) -> (loss, parts)``."""
+    """The loss a config names, bound to the model: ``(output, target[, fixation_map]) -> (loss, parts)``.
+
+    Kinds: ``picanet`` (needs the model's attention geometry), ``class``, ``arn``, ``attention_baseline``.
+    """
+    params = dict(cfg.params)
     if cfg.kind == "picanet":
         geometry = model.attention_geometry()
-        params = dict(cfg.params)
 
         def loss(output: ModelOutput, target: Tensor) -> tuple[Tensor, dict[str, float]]:
             return picanet_loss(output, target, geometry, **params)
 
         return loss
-    raise ValueError(f"unknown loss kind {cfg.kind!r}")
+    if cfg.kind == "class":
+        return lambda output, target: class_loss(output, target, **params)
+    if cfg.kind == "arn":
+        return lambda output, target: arn_loss(output, target, **params)
+    if cfg.kind == "attention_baseline":
+        return lambda output, target, fixation_map=None: attention_baseline_loss(output, target, fixation_map, **params)
+    raise ValueError(f"unknown loss kind {cfg.kind!r} ({', '.join(LOSS_KINDS)})")
