@@ -32,6 +32,11 @@ AttentionMode = Literal["learned", "replace"]
 _PAPER = "Human vs machine attention (TPAMI 2021)"
 
 
+def _check_kind(kind: str) -> None:
+    if kind not in ("softmax", "sigmoid", "activation"):
+        raise ValueError(f"unknown attention kind {kind!r}; use 'softmax', 'sigmoid' or 'activation'")
+
+
 def activation_attention(features: Tensor, power: float = 2.0) -> Tensor:
     """Eq. (4) ``Σ_d |Z_d|^p`` divided by its spatial maximum per image, so the map lies in [0,1].
 
@@ -55,8 +60,7 @@ class SpatialAttention(nn.Module):
 
     def __init__(self, channels: int, kind: AttentionKind, power: float = 2.0) -> None:
         super().__init__()
-        if kind not in ("softmax", "sigmoid", "activation"):
-            raise ValueError(f"unknown attention kind {kind!r}; use 'softmax', 'sigmoid' or 'activation'")
+        _check_kind(kind)
         self.kind = kind
         self.power = power
         hidden = channels // 2
@@ -126,6 +130,7 @@ class AttentionBaselineNet(nn.Module):
         super().__init__()
         if mode not in ("learned", "replace"):
             raise ValueError(f"unknown attention mode {mode!r}; use 'learned' or 'replace'")
+        _check_kind(attention)
         self.encoder = encoder
         self.attention_kind = attention
         self.mode = mode

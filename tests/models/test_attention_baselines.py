@@ -119,6 +119,8 @@ def test_mode_and_external_input_must_agree() -> None:
         replace(x)
     with pytest.raises(ValueError, match="unknown attention mode"):
         build_model("attnbaseline_softmax_lite", mode="supervised")
+    with pytest.raises(ValueError, match="unknown attention kind"):
+        AttentionBaselineNet(learned.encoder, "tanh", mode="replace")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("kind", KINDS)
