@@ -68,9 +68,11 @@ class RequestContextMiddleware:
             return message
 
         try:
-            announced = int(headers.get(b"content-length", b"0") or 0)
-            if announced > limit:
-                await self._refuse(send_with_id, 413, "upload_too_large", f"body of {announced} bytes; limit {limit}")
+            announced = headers.get(b"content-length", b"0")
+            if announced.isdigit() and int(announced) > limit:
+                await self._refuse(
+                    send_with_id, 413, "upload_too_large", f"body of {int(announced)} bytes; limit {limit}"
+                )
             else:
                 await self.app(scope, limited_receive, send_with_id)
         finally:

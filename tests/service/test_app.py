@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from service.settings import Settings
 from tests.service.conftest import decode_png_b64, encode, running_app, scene
 
 pytestmark = pytest.mark.anyio
@@ -128,7 +130,7 @@ async def test_groups_message_says_not_available(client: httpx.AsyncClient) -> N
     assert "not available for this model" in response.json()["error"]["message"]
 
 
-async def test_bad_input_errors_and_the_server_keeps_serving(make_settings) -> None:
+async def test_bad_input_errors_and_the_server_keeps_serving(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(max_upload_bytes=200_000, max_pixels=1_000_000, max_batch_images=2)
     good = encode(scene(40, 30))
     bomb = encode(Image.new("L", (5000, 5000)))
@@ -144,6 +146,9 @@ async def test_bad_input_errors_and_the_server_keeps_serving(make_settings) -> N
         for files, status, code in cases:
             response = await client.post("/saliency", files=files)
             assert (response.status_code, response.json()["error"]["code"]) == (status, code)
+        whole_body = await client.post("/saliency", files=upload(np.random.default_rng(1).bytes(300_000)))
+        assert (whole_body.status_code, whole_body.json()["error"]["code"]) == (413, "upload_too_large")
+        assert whole_body.headers["x-request-id"]  # refused before routing, still tagged
         too_many = [("images", (f"{i}.png", good, "image/png")) for i in range(3)]
         response = await client.post("/saliency/batch", files=too_many)
         assert (response.status_code, response.json()["error"]["code"]) == (413, "too_many_images")
@@ -155,7 +160,7 @@ async def test_bad_input_errors_and_the_server_keeps_serving(make_settings) -> N
         assert (await client.get("/nowhere")).json()["error"]["code"] == "not_found"
         assert (await client.get("/saliency")).status_code == 405
 
-        async def chunks():
+        async def chunks() -> AsyncIterator[bytes]:  # a valid multipart head, then an endless file, no length
             yield b'--zz\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
             for _ in range(40):
                 yield b"x" * 10_000
@@ -170,7 +175,7 @@ async def test_bad_input_errors_and_the_server_keeps_serving(make_settings) -> N
         assert 'status="500"' not in metrics
 
 
-async def test_auth(make_settings) -> None:
+async def test_auth(make_settings: Callable[..., Settings]) -> None:
     data = encode(scene(40, 30))
     async with running_app(make_settings(api_keys="k1,k2")) as client:
         for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic k1"}):
@@ -203,7 +208,7 @@ async def test_system_routes(client: httpx.AsyncClient) -> None:
             assert "$ref" in str(method["responses"]["200"]), path  # a response model for every JSON route
 
 
-async def test_not_ready_before_startup(make_settings) -> None:
+async def test_not_ready_before_startup(make_settings: Callable[..., Settings]) -> None:
     from service.app import create_app
 
     app = create_app(make_settings())  # lifespan not run: no model yet
@@ -239,3 +244,15 @@ async def test_metrics_after_traffic(client: httpx.AsyncClient) -> None:
         f'saliency_model_info{{name="{info.manifest.name}",provider="CPUExecutionProvider",'
         f'variant="{info.variant}",version="{info.manifest.version}"}} 1.0'
     ) in text
+
+
+async def test_cors_off_by_default_and_on_when_configured(make_settings: Callable[..., Settings]) -> None:
+    preflight = {"Origin": "http://example.org", "Access-Control-Request-Method": "POST"}
+    async with running_app(make_settings()) as client:
+        response = await client.options("/saliency", headers=preflight)
+        assert "access-control-allow-origin" not in response.headers
+    async with running_app(make_settings(cors_origins="http://example.org")) as client:
+        response = await client.options("/saliency", headers=preflight)
+        assert response.headers["access-control-allow-origin"] == "http://example.org"
+        other = await client.options("/saliency", headers={**preflight, "Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
