@@ -29,7 +29,7 @@ from models.registry import register_model
 
 AttentionKind = Literal["softmax", "sigmoid", "activation"]
 AttentionMode = Literal["learned", "replace"]
-_PAPER = "Human vs machine attention (TPAMI 2021)"
+_PAPER = "Human vs Machine Attention in Neural Networks (Lai et al.)"
 
 
 def _check_kind(kind: str) -> None:

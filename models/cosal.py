@@ -1,4 +1,4 @@
-"""Within-image co-saliency network (Zou et al., "Deep learning for within-image co-saliency detection", AAAI 2020).
+"""Within-image co-saliency network (the paper in ../shared/papers/within_image_cosaliency.txt, Fig. 2).
 
 A U-Net encoder/decoder with skip connections whose deepest feature ``H`` passes through a feature-sensitive block
 (three 3×3 convolutions, eq. 2) before decoding. Two training-only branches read the sensitive features ``R``: an
@@ -23,7 +23,7 @@ from models.outputs import AttentionGeometry, ModelOutput
 from models.registry import register_model
 from models.roi_align import RoIAlign
 
-_PAPER = "Within-image co-saliency (AAAI 2020)"
+_PAPER = "Within-image co-saliency detection (triplet proposals, RPN + RFM)"
 ANCHOR_RATIOS: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1))  # width : height
 PAPER_ANCHOR_SIZES = (128.0, 256.0, 512.0)  # box sides (areas 128², 256², 512²) for images of ~512 px
 _MAX_LOG_SCALE = math.log(1000.0 / 16)  # Faster R-CNN's clamp: keeps exp() of a wild prediction finite

@@ -1,4 +1,4 @@
-"""Losses of the within-image co-saliency network (Zou et al., AAAI 2020): RPN (eq. 7–8) and weighted triplet
+"""Within-image co-saliency losses (within_image_cosaliency.txt): RPN (eq. 7–8) and weighted triplet
 (eq. 9–10) terms of ``L_total = α L_decoder + β L_RPN + γ L_RFM`` (eq. 5, α = β = γ = 1).
 
 Eq. (7)–(8) are SSD's MultiBox loss written for one "salient object" class: anchors matched to ground-truth
