@@ -65,15 +65,16 @@ def roi_align(
         raise ValueError(f"sampling_ratio must be >= 1, got {sampling_ratio}")
     ph, pw = (output_size, output_size) if isinstance(output_size, int) else output_size
     height, width = features.shape[-2:]
-    boxes = boxes.to(features.dtype)
+    # Sampling positions in at least float32: bf16/fp16 box coordinates would be off by up to a pixel.
+    boxes = boxes.to(torch.promote_types(features.dtype, torch.float32))
     offset = 0.5 if aligned else 0.0
     x1, y1, x2, y2 = (boxes[:, i] * spatial_scale - offset for i in range(1, 5))
     roi_w, roi_h = x2 - x1, y2 - y1
     if not aligned:
         # Legacy behaviour: malformed boxes are forced to 1×1.
         roi_w, roi_h = roi_w.clamp(min=1.0), roi_h.clamp(min=1.0)
-    weights_y = _axis_weights(y1, roi_h, ph, sampling_ratio, height)  # [K, ph, H]
-    weights_x = _axis_weights(x1, roi_w, pw, sampling_ratio, width)  # [K, pw, W]
+    weights_y = _axis_weights(y1, roi_h, ph, sampling_ratio, height).to(features.dtype)  # [K, ph, H]
+    weights_x = _axis_weights(x1, roi_w, pw, sampling_ratio, width).to(features.dtype)  # [K, pw, W]
     per_roi = features[boxes[:, 0].long()]  # [K, C, H, W]
     return weights_y[:, None] @ per_roi @ weights_x[:, None].transpose(-1, -2)
 

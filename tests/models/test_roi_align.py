@@ -138,3 +138,13 @@ def test_rejects_bad_arguments() -> None:
         roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(1, 5), 2, sampling_ratio=0)
     with pytest.raises(ValueError, match="boxes"):
         roi_align(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4), 2)
+
+
+def test_no_boxes_and_low_precision_features() -> None:
+    features = torch.randn(1, 4, 8, 8)
+    assert roi_align(features, torch.zeros(0, 5), 7).shape == (0, 4, 7, 7)
+    # bf16 features: sampling positions are still computed in float32, only the products run in bf16.
+    boxes = torch.tensor([[0, 1.3, 2.7, 6.9, 7.4]])
+    low = roi_align(features.bfloat16(), boxes, 3)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), roi_align(features, boxes, 3), rtol=0.02, atol=0.05)
