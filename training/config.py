@@ -17,11 +17,15 @@ class ConfigError(ValueError):
 
 @dataclass
 class DatasetSpec:
-    """One image/mask folder pair, relative to ``DataConfig.root`` unless absolute; ``split`` optional."""
+    """One image/mask folder pair, relative to ``DataConfig.root`` unless absolute; ``split`` optional.
+
+    ``fixations``: optional eye-fixation csv (``stem,x,y``) for fixation-supervised losses.
+    """
 
     images: str
     masks: str
     split: str | None = None
+    fixations: str | None = None
 
 
 @dataclass
@@ -49,7 +53,7 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    kind: str = "cosine"  # cosine | multistep | constant
+    kind: str = "cosine"  # cosine | linear (decay to 0) | multistep | constant
     epochs: int = 60
     warmup_epochs: float = 0.0
     milestones: list[float] = field(default_factory=list)  # multistep: fractions of training

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from training.fixation_metrics import fixation_density
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 
 
@@ -91,13 +93,23 @@ class SaliencyDataset:
 
     Args:
         samples: pairs from :func:`list_pairs` (several datasets may be concatenated).
-        transform: ``(image, mask) -> (image_tensor, mask_tensor)``.
+        transform: ``(image, mask[, density]) -> (image_tensor, mask_tensor[, density_tensor])``.
         cache: keep decoded images and masks in memory after first use.
+        fixations: for fixation-supervised training, eye fixations ``[N,2]`` ``(x, y)`` by image path. When given,
+            every item also carries the fixation density map (:func:`training.fixation_metrics.fixation_density`,
+            all zeros for an image without fixations, which the losses then leave out).
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Callable, cache: bool = True) -> None:
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Callable,
+        cache: bool = True,
+        fixations: dict[Path, np.ndarray] | None = None,
+    ) -> None:
         self.samples = list(samples)
         self.transform = transform
+        self.fixations = fixations
         self._cache: dict[int, tuple[Image.Image, np.ndarray]] = {} if cache else None  # type: ignore[assignment]
 
     def __len__(self) -> int:
@@ -117,9 +129,33 @@ class SaliencyDataset:
             self._cache[index] = pair
         return pair
 
+    def fixation_map(self, index: int, shape: tuple[int, int]) -> np.ndarray:
+        """The fixation density of sample ``index`` at ``shape`` (zeros when it has no fixations)."""
+        points = self.fixations.get(self.samples[index].image) if self.fixations is not None else None
+        if points is None or len(points) == 0:
+            return np.zeros(shape, dtype=np.float32)
+        return fixation_density(points, shape).astype(np.float32)
+
     def __getitem__(self, index: int):
         image, mask = self.load(index)
-        return self.transform(image, mask)
+        if self.fixations is None:
+            return self.transform(image, mask)
+        return self.transform(image, mask, self.fixation_map(index, mask.shape))
+
+
+def fixations_by_image(csv_path: Path, samples: Sequence[Sample]) -> dict[Path, np.ndarray]:
+    """The fixations of ``csv_path`` as ``[N,2]`` ``(x, y)`` arrays keyed by the samples' image paths.
+
+    Raises:
+        DatasetError: the file is missing or malformed, or has fixations for none of the samples.
+    """
+    by_stem = read_fixations(csv_path)
+    found = {
+        s.image: np.array([[f.x, f.y] for f in by_stem[s.stem]], dtype=np.float64) for s in samples if s.stem in by_stem
+    }
+    if not found:
+        raise DatasetError(f"fixation file {csv_path} has no fixations for any of the {len(samples)} images")
+    return found
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Train a registered model from a YAML config; resumable, with the best checkpoint kept by validation max F.
 
-python -m training.train --config training/configs/picanet_lite_cpu.yaml [--resume] [--epochs N]
+python -m training.train --config training/configs/picanet_lite_cpu.yaml [--resume] [--epochs N] [--max-minutes M]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from models import build_model
 from training.config import DatasetSpec, TrainConfig, load_config
-from training.data import SaliencyDataset, list_pairs
+from training.data import SaliencyDataset, fixations_by_image, list_pairs
 from training.losses import build_loss
 from training.metrics import SaliencyMetrics, to_uint8
 from training.transforms import EvalTransform, TrainTransform
@@ -44,11 +44,16 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_dataset(specs: list[DatasetSpec], root: Path, transform) -> SaliencyDataset:
+    """The concatenated datasets; when any names a fixation csv, every item also yields a fixation density."""
     samples = []
+    fixations: dict[Path, np.ndarray] | None = None
     for spec in specs:
         split = root / spec.split if spec.split else None
-        samples += list_pairs(root / spec.images, root / spec.masks, split)
-    return SaliencyDataset(samples, transform)
+        pairs = list_pairs(root / spec.images, root / spec.masks, split)
+        samples += pairs
+        if spec.fixations:
+            fixations = (fixations or {}) | fixations_by_image(root / spec.fixations, pairs)
+    return SaliencyDataset(samples, transform, fixations=fixations)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -78,11 +83,13 @@ def learning_rate_factor(cfg: TrainConfig, progress: float) -> float:
     if sched.kind == "cosine":
         t = (progress - warm) / max(1 - warm, 1e-8)
         return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+    if sched.kind == "linear":
+        return max(0.0, 1 - (progress - warm) / max(1 - warm, 1e-8))
     if sched.kind == "multistep":
         return sched.gamma ** sum(progress >= m for m in sched.milestones)
     if sched.kind == "constant":
         return 1.0
-    raise ValueError(f"unknown schedule {sched.kind!r} (cosine, multistep, constant)")
+    raise ValueError(f"unknown schedule {sched.kind!r} (cosine, linear, multistep, constant)")
 
 
 @torch.no_grad()
@@ -105,8 +112,13 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
-    """Run (or resume) training; returns the final summary (best epoch and its validation numbers)."""
+def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = None) -> dict[str, Any]:
+    """Run (or resume) training; returns the final summary (best epoch and its validation numbers).
+
+    ``max_minutes`` stops cleanly after the epoch during which this call's wall time crosses it (checkpoints
+    written as usual, so ``--resume`` continues the schedule).
+    """
+    call_started = time.time()
     torch.set_num_threads(cfg.run.threads)
     seed_everything(cfg.run.seed)
     out = Path(cfg.out_dir)
@@ -156,7 +168,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         sums: dict[str, float] = {}
         started = time.time()
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.schedule.epochs}", leave=False)
-        for step, (images, masks) in enumerate(loader):
+        for step, (images, masks, *fixation_maps) in enumerate(loader):
             if step >= steps_per_epoch:
                 break
             factor = learning_rate_factor(cfg, (epoch * steps_per_epoch + step) / total_steps)
@@ -164,7 +176,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 group["lr"] = cfg.optim.lr * group["lr_mult"] * factor
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.bf16):
                 output = model(images)
-            loss, parts = loss_fn(output, masks)
+            loss, parts = loss_fn(output, masks, *fixation_maps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -207,6 +219,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 writer.writeheader()
             writer.writerow(row)
         print(json.dumps(row), flush=True)
+        if max_minutes is not None and time.time() - call_started >= 60 * max_minutes:
+            log.info("stopping after epoch %d: --max-minutes %.1f reached", epoch + 1, max_minutes)
+            return {"out_dir": str(out), "best": best, "stopped_after_epoch": epoch + 1}
     return {"out_dir": str(out), "best": best}
 
 
@@ -216,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt if present")
     parser.add_argument("--epochs", type=int, help="override schedule.epochs")
     parser.add_argument("--out-dir", help="override out_dir")
+    parser.add_argument("--max-minutes", type=float, help="stop after the epoch that crosses this wall time")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
@@ -223,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg.schedule.epochs = args.epochs
     if args.out_dir:
         cfg.out_dir = args.out_dir
-    print(json.dumps(train(cfg, resume=args.resume)))
+    print(json.dumps(train(cfg, resume=args.resume, max_minutes=args.max_minutes)))
 
 
 if __name__ == "__main__":

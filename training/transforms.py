@@ -50,14 +50,23 @@ def mask_to_tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(mask.astype(np.float32))[None]
 
 
+def density_to_tensor(density: np.ndarray) -> torch.Tensor:
+    """A fixation density ``[H,W]`` → ``[1,H,W]`` float32 tensor (a copy: PIL's arrays are read-only)."""
+    return torch.from_numpy(np.array(density, dtype=np.float32))[None]
+
+
 @dataclass
 class EvalTransform:
     """Resize the image to the network input; keep the mask at its original size for exact metrics."""
 
     pre: Preprocess = field(default_factory=Preprocess)
 
-    def __call__(self, image: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return preprocess_image(image, self.pre), mask_to_tensor(mask)
+    def __call__(
+        self, image: Image.Image, mask: np.ndarray, density: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        if density is None:
+            return preprocess_image(image, self.pre), mask_to_tensor(mask)
+        return preprocess_image(image, self.pre), mask_to_tensor(mask), density_to_tensor(density)
 
 
 @dataclass
@@ -87,22 +96,30 @@ class TrainTransform:
     grey_p: float = 0.05
     flip_p: float = 0.5
 
-    def __call__(self, image: Image.Image, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: Image.Image, mask: np.ndarray, density: np.ndarray | None = None
+    ) -> tuple[torch.Tensor, ...]:
         mask_img = Image.fromarray(mask.astype(np.uint8) * 255)
+        density_img = Image.fromarray(density.astype(np.float32), mode="F") if density is not None else None
         if self.rotate > 0:
             angle = random.uniform(-self.rotate, self.rotate)
             image = image.rotate(angle, Image.BILINEAR, fillcolor=tuple(int(255 * m) for m in self.pre.mean))
             mask_img = mask_img.rotate(angle, Image.BILINEAR, fillcolor=0)
+            density_img = density_img.rotate(angle, Image.BILINEAR, fillcolor=0) if density_img else None
         box = self._crop_box(image.size)
         size = (self.pre.input_size, self.pre.input_size)
         image = image.resize(size, Image.BILINEAR, box=box)
         mask_img = mask_img.resize(size, Image.BILINEAR, box=box)
+        density_img = density_img.resize(size, Image.BILINEAR, box=box) if density_img else None
         if random.random() < self.flip_p:
             image = image.transpose(Image.FLIP_LEFT_RIGHT)
             mask_img = mask_img.transpose(Image.FLIP_LEFT_RIGHT)
+            density_img = density_img.transpose(Image.FLIP_LEFT_RIGHT) if density_img else None
         image = self._colour(image)
         target = np.asarray(mask_img) >= 128
-        return normalize(image, self.pre), mask_to_tensor(target)
+        if density_img is None:
+            return normalize(image, self.pre), mask_to_tensor(target)
+        return normalize(image, self.pre), mask_to_tensor(target), density_to_tensor(np.asarray(density_img))
 
     def _crop_box(self, size: tuple[int, int]) -> tuple[float, float, float, float]:
         width, height = size
