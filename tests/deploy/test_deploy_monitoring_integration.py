@@ -61,6 +61,13 @@ def _wait_until(condition, timeout: float, what: str, log: Path | None = None) -
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{detail}")
 
 
+def _running_and_answers(process: subprocess.Popen, url: str, log: Path) -> bool:
+    """Whether ``url`` answers 200; fails at once (with the log) if the process has exited."""
+    if process.poll() is not None:
+        raise AssertionError(f"{process.args} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+    return _answers(url)
+
+
 def _answers(url: str) -> bool:
     try:
         return httpx.get(url, timeout=1.0).status_code == 200
@@ -113,7 +120,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_until(lambda: process.poll() is None and _answers(f"{url}/readyz"), 60, "the service's /readyz", log)
+        _wait_until(lambda: _running_and_answers(process, f"{url}/readyz", log), 60, "the service's /readyz", log)
         yield url, port
     finally:
         _stop(process)
@@ -142,7 +149,8 @@ def stack(service: tuple[str, int], tmp_path_factory: pytest.TempPathFactory) ->
         )  # fmt: skip
     stack = Stack(service_url, service_port, f"http://127.0.0.1:{port}")
     try:
-        _wait_until(lambda: process.poll() is None and _answers(f"{stack.prometheus}/-/ready"), 30, "Prometheus", log)
+        ready = f"{stack.prometheus}/-/ready"
+        _wait_until(lambda: _running_and_answers(process, ready, log), 30, "Prometheus", log)
         # Traffic must start after a first scrape, or rates over the window have nothing to compare with.
         _wait_until(lambda: [s for s in stack.query('up{job="saliency"}') if s["value"][1] == "1"], 20, "a scrape")
         # Labelled series appear with their first request: a first round creates them and gets scraped, the second
