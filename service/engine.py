@@ -109,11 +109,10 @@ class Engine:
         """Run one batch on the inference thread without blocking the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.run_sync, batch)
 
-    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
-        """Run zero batches of the given sizes so the first request pays no allocation or kernel-selection cost."""
+    def warm_up(self) -> None:
+        """Run one zero image so the first request pays no allocation or kernel-selection cost."""
         size = self.input_size
-        for batch in batch_sizes:
-            self._executor.submit(self.run_sync, np.zeros((batch, 3, size, size), np.float32)).result()
+        self._executor.submit(self.run_sync, np.zeros((1, 3, size, size), np.float32)).result()
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)

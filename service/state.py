@@ -38,8 +38,9 @@ class ServiceState:
     def _load(self) -> Engine:
         s = self.settings
         engine = self.engine or Engine(s.bundle, s.variant, s.provider_preference(), s.intra_op_threads)
-        # Warm up at batch 1 and at the largest batch so neither shape pays first-run costs on a request.
-        engine.warm_up((1, s.max_batch_size) if s.max_batch_size > 1 else (1,))
+        # One batch-1 run pays the first-run costs (allocations, kernel selection); a larger warm-up batch was
+        # measured to cost only its compute, which would delay readiness for nothing.
+        engine.warm_up()
         return engine
 
     async def start(self) -> None:
