@@ -1,0 +1,167 @@
+"""training.evaluate and training.report on the fixture set, for every kind of source."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+from PIL import Image
+
+from models import build_model
+from training import evaluate as evaluate_module
+from training import report
+from training.data import list_pairs, load_mask, load_rgb
+from training.evaluate import EvaluationError, evaluate, make_predictor
+from training.metrics import SaliencyMetrics, to_uint8
+from training.transforms import Preprocess, preprocess_image
+
+METRIC_KEYS = {"n_images", "mae", "max_f", "mean_f", "adaptive_f", "s_measure", "max_e", "mean_e", "adaptive_e"}
+METRIC_KEYS |= {"weighted_f"}
+
+
+def _reference(sod_dir: Path, prob_fn) -> dict[str, float]:
+    """Scores computed directly: probability map at network size → bilinear to mask size → uint8."""
+    metrics = SaliencyMetrics()
+    for sample in list_pairs(sod_dir / "images", sod_dir / "masks"):
+        mask = load_mask(sample.mask)
+        prob = torch.as_tensor(prob_fn(load_rgb(sample.image)), dtype=torch.float32)[None, None]
+        prob = F.interpolate(prob, size=mask.shape, mode="bilinear", align_corners=False)
+        metrics.update(to_uint8(prob[0, 0].clamp(0, 1).numpy()), mask)
+    return metrics.results()
+
+
+def _run_cli(capsys: pytest.CaptureFixture[str], sod_dir: Path, *source: str) -> dict:
+    evaluate_module.main(
+        ["--images", str(sod_dir / "images"), "--masks", str(sod_dir / "masks"), "--no-progress", *source]
+    )
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1  # one JSON object, nothing else on stdout
+    return json.loads(out[0])
+
+
+def test_predictions_matched_by_stem_any_extension_and_resized(
+    sod_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for i, mask_path in enumerate(sorted((sod_dir / "masks").glob("*.png"))):
+        mask = Image.open(mask_path).convert("L")
+        # half of them at half size (resized back by the evaluation), in two lossless formats
+        if i % 2:
+            mask = mask.resize((mask.width // 2, mask.height // 2), Image.BILINEAR)
+        mask.save(tmp_path / f"{mask_path.stem}.{'bmp' if i % 3 else 'png'}")
+    result = _run_cli(capsys, sod_dir, "--predictions", str(tmp_path))
+    assert set(result) >= METRIC_KEYS and result["n_images"] == 16
+    assert result["evaluated"] == {"kind": "predictions", "path": str(tmp_path)}
+    assert 0.9 < result["max_f"] < 1.0 and result["mae"] < 0.05  # near perfect, not exact (resampled halves)
+    (tmp_path / "ecssd_0002.bmp").unlink(missing_ok=True)
+    (tmp_path / "ecssd_0002.png").unlink(missing_ok=True)
+    with pytest.raises(EvaluationError, match="no prediction in .* for: ecssd_0002"):
+        evaluate(make_predictor(predictions=str(tmp_path)), list_pairs(sod_dir / "images", sod_dir / "masks"))
+
+
+def test_exact_masks_as_predictions_score_perfectly(sod_dir: Path, tmp_path: Path) -> None:
+    for mask_path in (sod_dir / "masks").glob("*.png"):
+        Image.fromarray(load_mask(mask_path).astype(np.uint8) * 255).save(tmp_path / f"{mask_path.stem}.png")
+    results, _ = evaluate(make_predictor(predictions=str(tmp_path)), list_pairs(sod_dir / "images", sod_dir / "masks"))
+    assert results["max_f"] == pytest.approx(1.0) and results["mae"] == 0.0
+    assert results["s_measure"] == pytest.approx(1.0)
+
+
+def _write_bundle(folder: Path, size: int = 32) -> None:
+    """A real ONNX graph: saliency = sigmoid(mean over channels of the normalized image)."""
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1], keepdims=1),
+            helper.make_node("Sigmoid", ["mean"], ["saliency"]),
+        ],
+        "mean_sigmoid",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("saliency", TensorProto.FLOAT, ["batch", 1, size, size])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    folder.mkdir(parents=True)
+    onnx.save(model, folder / "model.onnx")
+    manifest = {
+        "name": "meansig",
+        "preprocess": {"input_size": size, "resize": "stretch", "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2]},
+        "input_name": "image",
+        "outputs": [{"name": "saliency", "kind": "saliency", "shape": ["batch", 1, size, size]}],
+        "variants": {"fp32": {"file": "model.onnx"}},
+        "default_variant": "fp32",
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_bundle_runs_the_onnx_graph_and_resolves_names(
+    sod_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _write_bundle(tmp_path / "bundles" / "meansig")
+    pre = Preprocess(32, "stretch", (0.4, 0.4, 0.4), (0.2, 0.2, 0.2))
+    expected = _reference(sod_dir, lambda img: torch.sigmoid(preprocess_image(img, pre).mean(0)).numpy())
+    monkeypatch.setattr(evaluate_module, "BUNDLES_DIR", tmp_path / "bundles")
+    result = _run_cli(capsys, sod_dir, "--bundle", "meansig")  # a bare name under <repo>/bundles
+    assert result["evaluated"]["kind"] == "bundle" and result["evaluated"]["variant"] == "fp32"
+    for key in METRIC_KEYS - {"n_images"}:
+        assert result[key] == pytest.approx(expected[key], abs=2e-6), key
+    with pytest.raises(EvaluationError, match="no variant 'int8'"):
+        make_predictor(bundle=str(tmp_path / "bundles" / "meansig"), variant="int8")
+    with pytest.raises(EvaluationError, match="no bundle 'absent'"):
+        make_predictor(bundle="absent")
+
+
+def test_checkpoint_is_rebuilt_with_its_preprocessing(sod_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("attnbaseline_sigmoid_lite", input_size=64).eval()
+    pre = Preprocess(input_size=64)
+    checkpoint = {
+        "model": model.state_dict(),
+        "model_name": "attnbaseline_sigmoid_lite",
+        "model_kwargs": {"input_size": 64},
+        "config": {"preprocess": pre.to_dict()},
+        "epoch": 2,
+    }
+    torch.save(checkpoint, tmp_path / "best.pt")
+    with torch.no_grad():
+        expected = _reference(
+            sod_dir, lambda img: torch.sigmoid(model(preprocess_image(img, pre)[None]).final)[0, 0].numpy()
+        )
+    predictor = make_predictor(checkpoint=str(tmp_path / "best.pt"))
+    results, _ = evaluate(predictor, list_pairs(sod_dir / "images", sod_dir / "masks"), progress=False)
+    assert predictor.description["epoch"] == 3
+    for key in METRIC_KEYS - {"n_images"}:
+        assert results[key] == pytest.approx(expected[key], abs=1e-6), key
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(EvaluationError, match="not a training checkpoint"):
+        make_predictor(checkpoint=str(tmp_path / "other.pt"))
+
+
+def test_baselines_and_fixations_through_the_cli(sod_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    result = _run_cli(capsys, sod_dir, "--baseline", "centre_prior", "--fixations", str(sod_dir / "fixations.csv"))
+    assert result["evaluated"] == {"kind": "baseline", "name": "centre_prior"}
+    assert result["n_fixation_images"] == 8 and result["ig_baseline"] == "centre_prior"
+    assert abs(result["information_gain"]) < 1e-3  # the centre prior against itself (up to uint8 quantization)
+    with pytest.raises(SystemExit):
+        evaluate_module.main(["--images", str(sod_dir / "images"), "--masks", str(sod_dir / "masks")])
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_report_writes_curves_and_table(sod_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dataset = f"fx={sod_dir / 'images'}:{sod_dir / 'masks'}"
+    report.main(
+        ["--runs", "centre=baseline:centre_prior", "sr=baseline:spectral_residual", "--datasets", dataset]
+        + ["--out", str(tmp_path)]
+    )
+    printed = json.loads(capsys.readouterr().out)
+    table = (tmp_path / "results.md").read_text()
+    assert "| fx | centre | 16 |" in table and "| fx | sr | 16 |" in table
+    for name in ("pr_fx.png", "f_fx.png"):
+        with Image.open(tmp_path / name) as img:
+            assert img.size[0] > 300
+    assert printed["results"]["fx"]["centre"]["n_images"] == 16
+    with pytest.raises(SystemExit):
+        report.main(["--runs", "bad", "--datasets", dataset, "--out", str(tmp_path)])
