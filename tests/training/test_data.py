@@ -25,7 +25,7 @@ def pair_dirs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_missing_folder_is_named(tmp_path: Path) -> None:
-    with pytest.raises(DatasetError, match="images folder not found: .*nowhere"):
+    with pytest.raises(DatasetError, match=r"images folder not found: .*nowhere"):
         list_pairs(tmp_path / "nowhere", tmp_path)
 
 

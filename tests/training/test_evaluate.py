@@ -60,7 +60,7 @@ def test_predictions_matched_by_stem_any_extension_and_resized(
     assert 0.9 < result["max_f"] < 1.0 and result["mae"] < 0.05  # near perfect, not exact (resampled halves)
     (tmp_path / "ecssd_0002.bmp").unlink(missing_ok=True)
     (tmp_path / "ecssd_0002.png").unlink(missing_ok=True)
-    with pytest.raises(EvaluationError, match="no prediction in .* for: ecssd_0002"):
+    with pytest.raises(EvaluationError, match=r"no prediction in .* for: ecssd_0002"):
         evaluate(make_predictor(predictions=str(tmp_path)), list_pairs(sod_dir / "images", sod_dir / "masks"))
 
 
@@ -152,10 +152,8 @@ def test_baselines_and_fixations_through_the_cli(sod_dir: Path, capsys: pytest.C
 
 def test_report_writes_curves_and_table(sod_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     dataset = f"fx={sod_dir / 'images'}:{sod_dir / 'masks'}"
-    report.main(
-        ["--runs", "centre=baseline:centre_prior", "sr=baseline:spectral_residual", "--datasets", dataset]
-        + ["--out", str(tmp_path)]
-    )
+    runs = ["centre=baseline:centre_prior", "sr=baseline:spectral_residual"]
+    report.main(["--runs", *runs, "--datasets", dataset, "--out", str(tmp_path)])
     printed = json.loads(capsys.readouterr().out)
     table = (tmp_path / "results.md").read_text()
     assert "| fx | centre | 16 |" in table and "| fx | sr | 16 |" in table
