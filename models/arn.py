@@ -82,7 +82,7 @@ class RecurrentConvLayer(nn.Module):
         return x
 
 
-def _upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
+def make_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
     """A transposed convolution that multiplies the map size by ``factor`` (1, 2 or 4) exactly."""
     if factor == 1:
         return nn.ConvTranspose2d(channels, channels, 3, stride=1, padding=1)
@@ -130,7 +130,7 @@ class ARN(nn.Module):
         self.attention_stages = tuple(sorted(attention_stages, reverse=True))
         self.top = ConvBNReLU(enc_channels[top_level], channels, 3)
         self.rcls = nn.ModuleList(RecurrentConvLayer(enc_channels[i], channels, steps) for i in side_levels)
-        self.upsamplers = nn.ModuleList(_upsampler(channels, strides[k + 1] // strides[k]) for k in range(3))
+        self.upsamplers = nn.ModuleList(make_upsampler(channels, strides[k + 1] // strides[k]) for k in range(3))
         self.merges = nn.ModuleList(ConvBNReLU(2 * channels, channels, 3) for _ in side_levels)
         self.attention = nn.ModuleDict({str(s): SelfAttention(channels) for s in self.attention_stages})
         self.sides = nn.ModuleList(nn.Conv2d(channels, 1, 1) for _ in range(4))

@@ -8,6 +8,7 @@ Settings follow Table I: ``"6GAP_5432AC"`` (the paper's model), ``"6GAP_5432LAP"
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -257,11 +258,15 @@ def picanet_lite_lap(setting: str = "6GAP_543LAP", input_size: int = 224, **enco
 
 
 @register_model("picanet_vgg16", paper="PiCANet (TIP 2020)")
-def picanet_vgg16(setting: str = "6GAP_5432AC", input_size: int = 224, fc6_dilation: int = 12) -> PiCANet:
+def picanet_vgg16(
+    setting: str = "6GAP_5432AC", input_size: int = 224, fc6_dilation: int = 12, **decoder_kwargs: Any
+) -> PiCANet:
     """The paper's model: ``+6GAP_5432AC`` on VGG16 at output stride 8, 224×224 input (section IV).
 
     GAP: ReNet with 256 units, a 10×10 grid with dilation 3 on the 28×28 map; LAP/AC: 7×7 convolution with
-    dilation 2 to 128 channels; 1×1 fusion convolutions. fc6 is a 3×3 convolution with dilation ``fc6_dilation``
-    (DeepLab-LargeFOV's 12; the paper does not state it).
+    dilation 2 to 128 channels; 1×1 fusion convolutions (the :class:`PiCANet` defaults; ``decoder_kwargs``
+    override them, e.g. a smaller ``global_grid`` for a smaller ``input_size``). fc6 is a 3×3 convolution with
+    dilation ``fc6_dilation`` (DeepLab-LargeFOV's 12; the paper does not state it).
     """
-    return PiCANet(VGG16Encoder(picanet=True, fc6_dilation=fc6_dilation), setting=setting, input_size=input_size)
+    encoder = VGG16Encoder(picanet=True, fc6_dilation=fc6_dilation)
+    return PiCANet(encoder, setting=setting, input_size=input_size, **decoder_kwargs)
