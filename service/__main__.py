@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_json, settings.log_level)
     try:
-        engine = Engine(settings.bundle, settings.variant, settings.provider_preference(), settings.intra_op_threads)
+        engine = Engine(**settings.engine_kwargs())
     except BundleError as exc:
         print(f"error: cannot load bundle: {exc}", file=sys.stderr)
         return 2

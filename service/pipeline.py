@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -77,6 +79,12 @@ class Pipeline:
         self._saliency = saliency[-1]
         self._attention = [o for o in manifest.output("attention") if o.attention is not None]
         self._has_embedding = bool(manifest.output("embedding"))
+        self._active = 0
+
+    @property
+    def active(self) -> int:
+        """Requests between upload and answer right now (shutdown waits for them before closing the pools)."""
+        return self._active
 
     def available_outputs(self) -> list[str]:
         """Values of the ``outputs`` option this model can answer."""
@@ -191,6 +199,14 @@ class Pipeline:
                     422, "invalid_option", f"point ({x:g},{y:g}) lies outside the {size[0]}x{size[1]} image"
                 )
 
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+
     async def _decode_and_infer(self, data: bytes, options: Options) -> tuple[_Decoded, InferenceResult]:
         decoded = await asyncio.get_running_loop().run_in_executor(self.pool, self._decode, data)
         self._check_points(options, decoded.image.size)
@@ -202,8 +218,10 @@ class Pipeline:
         Raises:
             ServiceError: bad image (400/413/415), queue full (503), timeout (504).
         """
-        decoded, result = await self._decode_and_infer(data, Options())
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._encode_saliency_png, decoded, result)
+        with self._tracked():
+            decoded, result = await self._decode_and_infer(data, Options())
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.pool, self._encode_saliency_png, decoded, result)
 
     async def run(self, data: bytes, options: Options) -> ImageResult:
         """Answer one uploaded image with the outputs ``options`` asks for.
@@ -211,9 +229,10 @@ class Pipeline:
         Raises:
             ServiceError: bad image (400/413/415), bad points (422), queue full (503), timeout (504).
         """
-        decoded, result = await self._decode_and_infer(data, options)
-        loop = asyncio.get_running_loop()
-        fields, post_s = await loop.run_in_executor(self.pool, self._postprocess, decoded, result, options)
+        with self._tracked():
+            decoded, result = await self._decode_and_infer(data, options)
+            loop = asyncio.get_running_loop()
+            fields, post_s = await loop.run_in_executor(self.pool, self._postprocess, decoded, result, options)
         width, height = decoded.image.size
         return ImageResult(
             image=ImageSize(width=width, height=height),

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
         queue_size: images waiting for inference before new ones are refused with 503.
         request_timeout_s: a request waiting longer for its result gets 504.
         intra_op_threads: ONNX Runtime threads per inference (0 = ONNX Runtime's default, one per core).
+        intra_op_spinning: let idle ONNX Runtime threads spin (off: far slower on shared cores, see ``Engine``).
         max_upload_bytes: largest accepted image file; max_pixels: largest width × height (decompression bombs).
         max_batch_images: most images in one ``/saliency/batch`` request.
         api_keys: comma list; empty switches authentication off.
@@ -55,6 +56,7 @@ class Settings(BaseSettings):
     queue_size: int = Field(default=64, ge=1)
     request_timeout_s: float = Field(default=30.0, gt=0.0)
     intra_op_threads: int = Field(default=0, ge=0)
+    intra_op_spinning: bool = False
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_batch_images: int = Field(default=16, ge=1)
@@ -95,6 +97,16 @@ class Settings(BaseSettings):
                 "or no full batch could ever form"
             )
         return self
+
+    def engine_kwargs(self) -> dict[str, object]:
+        """Keyword arguments of ``service.engine.Engine`` from these settings."""
+        return {
+            "bundle": self.bundle,
+            "variant": self.variant,
+            "providers": self.provider_preference(),
+            "intra_op_threads": self.intra_op_threads,
+            "spinning": self.intra_op_spinning,
+        }
 
     def provider_preference(self) -> list[str]:
         """ONNX Runtime provider names to ask for, best first."""

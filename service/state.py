@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from service.batcher import Batcher
@@ -37,7 +38,7 @@ class ServiceState:
 
     def _load(self) -> Engine:
         s = self.settings
-        engine = self.engine or Engine(s.bundle, s.variant, s.provider_preference(), s.intra_op_threads)
+        engine = self.engine or Engine(**s.engine_kwargs())
         # One batch-1 run pays the first-run costs (allocations, kernel selection); a larger warm-up batch was
         # measured to cost only its compute, which would delay readiness for nothing.
         engine.warm_up()
@@ -61,6 +62,10 @@ class ServiceState:
         self.ready = False
         if self._batcher is not None:
             await self._batcher.drain(self.settings.drain_timeout_s)
+        # Answers that left the batcher still need the imaging pool for post-processing.
+        deadline = time.perf_counter() + self.settings.drain_timeout_s
+        while self.pipeline is not None and self.pipeline.active and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
         if self._pool is not None:
             self._pool.shutdown(wait=True)
         if self.engine is not None:
