@@ -23,7 +23,7 @@ from models.layers import ConvBNReLU, init_weights
 from models.outputs import AttentionGeometry, ModelOutput
 from models.registry import register_model
 
-_PAPER = "ARN: self-attention + recurrent convolution (arXiv 2018)"
+_PAPER = "Self-attention recurrent network for saliency detection (Sun et al., 2018)"
 
 
 class SelfAttention(nn.Module):
