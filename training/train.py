@@ -112,6 +112,20 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def append_log_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one epoch to the CSV log. A log begun by an earlier version keeps its header: columns it lacks
+    are dropped from the row (they stay in the JSON line on stdout) so resumed runs never misalign columns."""
+    fieldnames = list(row)
+    if path.exists():
+        with open(path, newline="") as fh:
+            fieldnames = next(csv.reader(fh), fieldnames)
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fieldnames, extrasaction="ignore")
+        if fh.tell() == 0:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the final summary (best epoch and its validation numbers).
 
@@ -212,12 +226,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = No
             rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
         )
         save_checkpoint(last_path, checkpoint)
-        new_file = not log_path.exists()
-        with open(log_path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(row))
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        append_log_row(log_path, row)
         print(json.dumps(row), flush=True)
         if max_minutes is not None and time.time() - call_started >= 60 * max_minutes:
             log.info("stopping after epoch %d: --max-minutes %.1f reached", epoch + 1, max_minutes)

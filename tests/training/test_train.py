@@ -10,8 +10,8 @@ import torch
 import yaml
 
 from training.config import TrainConfig
+from training.train import append_log_row, train
 from training.train import main as train_main
-from training.train import train
 
 
 def _config(sod_dir: Path, out: Path, **overrides) -> TrainConfig:
@@ -96,3 +96,10 @@ def _write_yaml(sod_dir: Path, out: Path, folder: Path) -> Path:
 def test_unknown_loss_kind_is_refused(sod_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown loss kind"):
         train(_config(sod_dir, tmp_path, loss={"kind": "nope"}))
+
+
+def test_log_keeps_an_existing_header(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    append_log_row(log, {"epoch": 1, "val_max_f": 0.5})
+    append_log_row(log, {"epoch": 2, "val_max_f": 0.6, "val_s_measure": 0.7})  # a newer version logs more
+    assert log.read_text().splitlines() == ["epoch,val_max_f", "1,0.5", "2,0.6"]
