@@ -144,8 +144,13 @@ def test_vgg16_shape_mismatch_names_the_key(tmp_path: Path) -> None:
         VGG16Encoder().load_pretrained(path)
 
 
-def test_load_torchvision_resnet50(tmp_path: Path) -> None:
-    state = torchvision_resnet50_state()
+@pytest.fixture(scope="module")
+def resnet50_state() -> dict[str, Tensor]:
+    return torchvision_resnet50_state()
+
+
+def test_load_torchvision_resnet50(tmp_path: Path, resnet50_state: dict[str, Tensor]) -> None:
+    state = resnet50_state
     path = tmp_path / "resnet50.pth"
     torch.save(state, path)
     encoder = ResNetEncoder()
@@ -158,8 +163,8 @@ def test_load_torchvision_resnet50(tmp_path: Path) -> None:
             torch.testing.assert_close(own[key], value, rtol=0, atol=0)
 
 
-def test_missing_keys_are_reported_and_wrong_files_refused(tmp_path: Path) -> None:
-    state = torchvision_resnet50_state()
+def test_missing_keys_are_reported_and_wrong_files_refused(tmp_path: Path, resnet50_state: dict[str, Tensor]) -> None:
+    state = dict(resnet50_state)
     del state["layer4.2.conv3.weight"]
     path = tmp_path / "partial.pth"
     torch.save(state, path)
