@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models import build_model
-from training.config import DatasetSpec, TrainConfig, load_config
+from training.config import ConfigError, DatasetSpec, TrainConfig, load_config
 from training.data import SaliencyDataset, fixations_by_image, list_pairs
 from training.losses import build_loss
 from training.metrics import SaliencyMetrics, to_uint8
@@ -141,7 +141,13 @@ def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = No
 
     model = build_model(cfg.model, **cfg.model_kwargs)
     if cfg.pretrained:
-        model.encoder.load_pretrained(cfg.pretrained)
+        load = getattr(getattr(model, "encoder", None), "load_pretrained", None)
+        if load is None:
+            raise ConfigError(
+                f"{cfg.model} has no encoder that loads torchvision weights (the compact encoders have none); "
+                "remove `pretrained:` or pick a VGG16/ResNet-50 model"
+            )
+        load(cfg.pretrained)
     optimizer = build_optimizer(model, cfg)
     loss_fn = build_loss(cfg.loss, model)
     train_set = build_dataset(cfg.data.train, root, TrainTransform(cfg.preprocess, **cfg.data.augment))

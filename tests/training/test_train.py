@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from training.config import TrainConfig
+from training.config import ConfigError, TrainConfig
 from training.train import append_log_row, train
 from training.train import main as train_main
 
@@ -96,6 +96,11 @@ def _write_yaml(sod_dir: Path, out: Path, folder: Path) -> Path:
 def test_unknown_loss_kind_is_refused(sod_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown loss kind"):
         train(_config(sod_dir, tmp_path, loss={"kind": "nope"}))
+
+
+def test_pretrained_weights_on_an_encoder_without_them_is_refused(sod_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no encoder that loads torchvision weights"):
+        train(_config(sod_dir, tmp_path, pretrained=str(tmp_path / "vgg16.pth")))
 
 
 def test_log_keeps_an_existing_header(tmp_path: Path) -> None:
