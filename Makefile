@@ -37,7 +37,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(VENV)/.dev
-	$(BIN)/python -m export.bench --bundle default
+	$(BIN)/python -m export.bench --bundle default --checkpoint checkpoints/picanet_lite_cpu.pt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
