@@ -156,6 +156,12 @@ class AttentionBaselineNet(nn.Module):
         init_weights(self.decoder)
         init_weights(self.attention)
         init_weights(self.sides)
+        for module in self.attention:
+            if isinstance(module, SpatialAttention) and module.score is not None:
+                # Zero scores: attention starts uniform (softmax: an identity after the h·w factor; sigmoid: 0.5).
+                # Kaiming-random scores made the softmax peak on a few positions, so side-output logits started in
+                # the hundreds (BCE ≈ 17) and a from-scratch run never recovered.
+                nn.init.zeros_(module.score[-1].weight)
 
     def attention_geometry(self) -> list[AttentionGeometry]:
         """Geometry of the three spatial maps, coarsest first."""

@@ -76,6 +76,7 @@ class TrainConfig:
     model: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # local torchvision-format encoder weights
+    init_from: str | None = None  # a training.train checkpoint whose model weights start this run (a second stage)
     preprocess: Preprocess = field(default_factory=Preprocess)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)

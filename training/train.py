@@ -79,7 +79,7 @@ def learning_rate_factor(cfg: TrainConfig, progress: float) -> float:
     sched = cfg.schedule
     warm = sched.warmup_epochs / max(sched.epochs, 1)
     if warm > 0 and progress < warm:
-        return (progress + 1e-3) / warm
+        return max(progress / warm, 1e-3)  # linear from ~0, never above 1
     if sched.kind == "cosine":
         t = (progress - warm) / max(1 - warm, 1e-8)
         return 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
@@ -126,6 +126,17 @@ def append_log_row(path: Path, row: dict[str, Any]) -> None:
         writer.writerow(row)
 
 
+def init_weights_from_checkpoint(model: torch.nn.Module, model_name: str, path: Path) -> None:
+    """Start from another run's weights (e.g. a shorter first stage); optimizer, schedule and RNG start fresh."""
+    if not path.is_file():
+        raise ConfigError(f"init_from checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("model_name") != model_name:
+        raise ConfigError(f"init_from {path} holds {state.get('model_name')!r}, but this config trains {model_name!r}")
+    model.load_state_dict(state["model"])
+    log.info("model weights initialised from %s (epoch %d of that run)", path, state["epoch"] + 1)
+
+
 def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = None) -> dict[str, Any]:
     """Run (or resume) training; returns the final summary (best epoch and its validation numbers).
 
@@ -148,6 +159,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = No
                 "remove `pretrained:` or pick a VGG16/ResNet-50 model"
             )
         load(cfg.pretrained)
+    if cfg.init_from:
+        init_weights_from_checkpoint(model, cfg.model, Path(cfg.init_from))
     optimizer = build_optimizer(model, cfg)
     loss_fn = build_loss(cfg.loss, model)
     train_set = build_dataset(cfg.data.train, root, TrainTransform(cfg.preprocess, **cfg.data.augment))

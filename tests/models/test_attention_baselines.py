@@ -86,6 +86,15 @@ def test_attention_is_applied_multiplicatively_as_eq1(kind: str) -> None:
             torch.testing.assert_close(weights, activation_attention(z))
 
 
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_learned_attention_starts_uniform(kind: str) -> None:
+    model = build_model(f"attnbaseline_{kind}_lite").eval()
+    out = model(torch.randn(2, 3, 160, 160))
+    for name, weights in out.attention.items():
+        expected = 1.0 / (weights.shape[-2] * weights.shape[-1]) if kind == "softmax" else 0.5
+        torch.testing.assert_close(weights, torch.full_like(weights, expected), msg=name)
+
+
 def test_replace_mode_uses_the_external_map_exactly() -> None:
     torch.manual_seed(3)
     model = build_model("attnbaseline_sigmoid_lite", mode="replace").eval()
@@ -143,6 +152,9 @@ def test_geometry_matches_outputs(kind: str) -> None:
 def test_backward_reaches_every_parameter(kind: str, mode: str) -> None:
     torch.manual_seed(4)
     model = build_model(f"attnbaseline_{kind}_lite", mode=mode).train()
+    for module in model.attention:
+        if isinstance(module, SpatialAttention) and module.score is not None:
+            nn.init.normal_(module.score[-1].weight, std=0.1)  # zero at init, which blocks the layers before it
     x = torch.randn(2, 3, 224, 224)
     external = torch.rand(2, 1, 224, 224) if mode == "replace" else None
     out = model(x, external)

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from training.config import ConfigError, TrainConfig
-from training.train import append_log_row, train
+from training.train import append_log_row, learning_rate_factor, train
 from training.train import main as train_main
 
 
@@ -108,3 +108,37 @@ def test_log_keeps_an_existing_header(tmp_path: Path) -> None:
     append_log_row(log, {"epoch": 1, "val_max_f": 0.5})
     append_log_row(log, {"epoch": 2, "val_max_f": 0.6, "val_s_measure": 0.7})  # a newer version logs more
     assert log.read_text().splitlines() == ["epoch,val_max_f", "1,0.5", "2,0.6"]
+
+
+def test_init_from_starts_a_second_stage_from_the_first_stages_weights(sod_dir: Path, tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(_config(sod_dir, first, schedule={"epochs": 1}))
+    cfg = _config(sod_dir, second, init_from=str(first / "best.pt"), optim={"lr": 0.0})
+    train(cfg, max_minutes=0)
+    start, after = _state(first / "best.pt")["model"], _state(second / "last.pt")["model"]
+    conv_weights = [k for k in start if k.endswith("weight") and start[k].dim() == 4]
+    for key in conv_weights:  # lr 0: only BatchNorm running statistics may have moved
+        assert torch.equal(start[key], after[key]), key
+    assert _state(second / "last.pt")["config"]["init_from"] == str(first / "best.pt")
+
+
+def test_init_from_refuses_a_missing_file_or_another_model(sod_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="init_from checkpoint not found"):
+        train(_config(sod_dir, tmp_path / "a", init_from=str(tmp_path / "nope.pt")))
+    train(_config(sod_dir, tmp_path / "first", schedule={"epochs": 1}))
+    other = _config(
+        sod_dir, tmp_path / "b", model="attnbaseline_softmax_lite", init_from=str(tmp_path / "first/best.pt")
+    )
+    with pytest.raises(ConfigError, match="holds 'attnbaseline_sigmoid_lite'"):
+        train(other)
+
+
+def test_warmup_rises_linearly_to_the_base_rate_and_never_above() -> None:
+    cfg = TrainConfig.from_dict(
+        {"name": "t", "model": "m", "schedule": {"kind": "cosine", "epochs": 40, "warmup_epochs": 1}}
+    )
+    warm = 1 / 40
+    factors = [learning_rate_factor(cfg, warm * i / 100) for i in range(101)]
+    assert factors[0] == pytest.approx(1e-3) and factors[50] == pytest.approx(0.5)
+    assert max(factors) <= 1.0 and factors == sorted(factors)
+    assert learning_rate_factor(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
