@@ -2,7 +2,7 @@
 
 python -m training.evaluate --images DIR --masks DIR [--split FILE]
     (--bundle NAME_OR_DIR [--variant fp32|int8] | --checkpoint PATH | --predictions DIR
-     | --baseline centre_prior|spectral_residual) [--fixations CSV]
+     | --baseline centre_prior|spectral_residual) [--fixations CSV [--attention KEY]]
 
 Every source's probability map is resized bilinearly to the mask's size and quantized to uint8 (what a saved PNG
 holds) before scoring, so all sources are scored alike. ``--bundle`` runs the exported ONNX graph with ONNX Runtime,
@@ -68,9 +68,14 @@ class CheckpointPredictor:
 
     Args:
         path: ``best.pt`` or ``last.pt`` written by the trainer.
+        attention: key of a single-channel spatial attention map (e.g. ``spatial/d1`` of the attention baselines);
+            when given, each call also leaves that map, resized to the image and scaled to max 1, in
+            ``last_attention``, and the fixation metrics score it instead of the saliency map (how the
+            human-vs-machine attention study compares a network's attention with human gaze).
     """
 
     path: Path
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         if not Path(self.path).is_file():
@@ -86,11 +91,30 @@ class CheckpointPredictor:
         self.pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
         self.description = {"kind": "checkpoint", "path": str(self.path), "model": state["model_name"]}
         self.description["epoch"] = state.get("epoch", -1) + 1
+        if self.attention:
+            self.description["fixations_scored"] = f"attention {self.attention}"
+        self.last_attention: np.ndarray | None = None
 
     @torch.no_grad()
     def __call__(self, sample: Sample, image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
-        logits = self.model(preprocess_image(image, self.pre)[None]).final
-        return resize_probability(torch.sigmoid(logits)[0, 0].numpy(), shape)
+        output = self.model(preprocess_image(image, self.pre)[None])
+        if self.attention:
+            self.last_attention = self._gaze_map(output.attention, shape)
+        return resize_probability(torch.sigmoid(output.final)[0, 0].numpy(), shape)
+
+    def _gaze_map(self, attention: dict[str, torch.Tensor], shape: tuple[int, int]) -> np.ndarray:
+        if self.attention not in attention:
+            available = ", ".join(sorted(attention)) or "none"
+            raise EvaluationError(f"{self.description['model']} has no attention map {self.attention!r} ({available})")
+        weights = attention[self.attention]
+        if weights.dim() != 4 or weights.shape[1] != 1:
+            raise EvaluationError(
+                f"attention {self.attention!r} has shape {tuple(weights.shape)}: only single-channel spatial maps "
+                "[1,1,h,w] can be compared with fixations (per-pixel attention holds one map per pixel)"
+            )
+        resized = F.interpolate(weights.float(), size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
+        resized = np.clip(resized, 0.0, None)
+        return resized / max(float(resized.max()), np.finfo(np.float32).tiny)
 
 
 def resolve_bundle_dir(name_or_dir: str) -> Path:
@@ -199,18 +223,21 @@ def make_predictor(
     predictions: str | None = None,
     baseline: str | None = None,
     threads: int = 2,
+    attention: str | None = None,
 ) -> Predictor:
-    """The predictor for exactly one source."""
+    """The predictor for exactly one source; ``attention`` (checkpoints only) see :class:`CheckpointPredictor`."""
     given = [k for k, v in {"bundle": bundle, "checkpoint": checkpoint, "predictions": predictions}.items() if v]
     given += ["baseline"] if baseline else []
     if len(given) != 1:
         raise EvaluationError(f"give exactly one of --bundle, --checkpoint, --predictions, --baseline (got {given})")
     if variant and not bundle:
         raise EvaluationError("--variant applies to --bundle only")
+    if attention and not checkpoint:
+        raise EvaluationError("--attention applies to --checkpoint only")
     if bundle:
         return BundlePredictor(bundle, variant, threads)
     if checkpoint:
-        return CheckpointPredictor(Path(checkpoint))
+        return CheckpointPredictor(Path(checkpoint), attention)
     if predictions:
         return PredictionsPredictor(Path(predictions))
     return BaselinePredictor(str(baseline))
@@ -234,7 +261,8 @@ def evaluate(
     Args:
         predictor: from :func:`make_predictor`.
         samples: image/mask pairs.
-        fixations_csv: optional eye fixations (``stem,x,y``); adds the fixation metrics of the saliency maps.
+        fixations_csv: optional eye fixations (``stem,x,y``); adds the fixation metrics of the saliency maps, or
+            of the attention maps of a :class:`CheckpointPredictor` built with ``attention``.
         progress: show a progress bar on stderr.
 
     Returns:
@@ -254,7 +282,9 @@ def evaluate(
             others = [v for stem, v in relative.items() if stem != sample.stem]
             if others:
                 points = np.array([[f.x, f.y] for f in fixations[sample.stem]])
-                fixation_metrics.update(pred.astype(np.float64) / 255.0, points, np.concatenate(others))
+                gaze = getattr(predictor, "last_attention", None)
+                gaze = pred.astype(np.float64) / 255.0 if gaze is None else gaze
+                fixation_metrics.update(gaze, points, np.concatenate(others))
     results: dict[str, Any] = dict(metrics.results())
     if fixations_csv:
         if not relative:
@@ -274,6 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predictions", help="folder of saliency maps named by image stem")
     parser.add_argument("--baseline", help=f"a non-learned baseline: {', '.join(BASELINES)}")
     parser.add_argument("--fixations", help="eye-fixation csv (stem,x,y): adds sAUC, IG, NSS, CC, KL")
+    parser.add_argument(
+        "--attention", help="with --checkpoint and --fixations: score this attention map (e.g. spatial/d1) on gaze"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -288,7 +321,10 @@ def main(argv: list[str] | None = None) -> None:
             predictions=args.predictions,
             baseline=args.baseline,
             threads=args.threads,
+            attention=args.attention,
         )
+        if args.attention and not args.fixations:
+            raise EvaluationError("--attention scores an attention map against fixations: give --fixations too")
         started = time.perf_counter()
         results, _ = evaluate(
             predictor, samples, Path(args.fixations) if args.fixations else None, not args.no_progress

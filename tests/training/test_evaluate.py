@@ -140,6 +140,47 @@ def test_checkpoint_is_rebuilt_with_its_preprocessing(sod_dir: Path, tmp_path: P
         make_predictor(checkpoint=str(tmp_path / "other.pt"))
 
 
+def test_attention_maps_are_scored_against_fixations(
+    sod_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.manual_seed(1)
+    model = build_model("attnbaseline_sigmoid_lite", input_size=64).eval()
+    for module in model.attention:
+        torch.nn.init.normal_(module.score[-1].weight, std=0.5)  # zero at init: a uniform map has nothing to score
+    pre = Preprocess(input_size=64)
+    state = {"model_name": "attnbaseline_sigmoid_lite", "model_kwargs": {"input_size": 64}, "epoch": 0}
+    torch.save({**state, "model": model.state_dict(), "config": {"preprocess": pre.to_dict()}}, tmp_path / "m.pt")
+    samples = list_pairs(sod_dir / "images", sod_dir / "masks")
+    fixations = sod_dir / "fixations.csv"
+    predictor = make_predictor(checkpoint=str(tmp_path / "m.pt"), attention="spatial/d1")
+    on_attention, _ = evaluate(predictor, samples, fixations, progress=False)
+    on_saliency, _ = evaluate(make_predictor(checkpoint=str(tmp_path / "m.pt")), samples, fixations, progress=False)
+    assert predictor.description["fixations_scored"] == "attention spatial/d1"
+    # The same maps written as 8-bit images and scored as predictions: equal up to the quantization.
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    with torch.no_grad():
+        for sample in samples:
+            image = load_rgb(sample.image)
+            weights = model(preprocess_image(image, pre)[None]).attention["spatial/d1"]
+            size = (image.height, image.width)
+            gaze = F.interpolate(weights, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
+            Image.fromarray(to_uint8(gaze / gaze.max())).save(maps / f"{sample.stem}.png")
+    on_disk, _ = evaluate(make_predictor(predictions=str(maps)), samples, fixations, progress=False)
+    for key in ("nss", "cc", "kl", "shuffled_auc", "information_gain"):
+        assert on_attention[key] == pytest.approx(on_disk[key], abs=0.02), key
+    assert on_attention["nss"] != pytest.approx(on_saliency["nss"], abs=1e-3)
+    for key in METRIC_KEYS:  # the SOD metrics still score the saliency map
+        assert on_attention[key] == on_saliency[key], key
+    with pytest.raises(EvaluationError, match="no attention map 'spatial/d9'"):
+        evaluate(make_predictor(checkpoint=str(tmp_path / "m.pt"), attention="spatial/d9"), samples, fixations)
+    with pytest.raises(EvaluationError, match="applies to --checkpoint only"):
+        make_predictor(baseline="centre_prior", attention="spatial/d1")
+    with pytest.raises(SystemExit):
+        _run_cli(capsys, sod_dir, "--checkpoint", str(tmp_path / "m.pt"), "--attention", "spatial/d1")
+    assert "give --fixations too" in capsys.readouterr().err
+
+
 def test_baselines_and_fixations_through_the_cli(sod_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = _run_cli(capsys, sod_dir, "--baseline", "centre_prior", "--fixations", str(sod_dir / "fixations.csv"))
     assert result["evaluated"] == {"kind": "baseline", "name": "centre_prior"}
