@@ -56,15 +56,23 @@ class ImageCalibrationReader(CalibrationDataReader):
         self._iter = self._batches()
 
 
-def attention_logit_nodes(model: onnx.ModelProto, attention_outputs: list[str]) -> list[str]:
-    """Nodes that produce each attention output directly or through one Softmax/Sigmoid (its logits conv).
+# Percentile calibration clips each activation's range to its 0.1–99.9 % quantiles instead of its extremes: with
+# min-max, a few outlier activations stretched the uint8 scale. Measured on the default model (ECSSD_val, 100
+# calibration images from ECSSD_train): max F −0.006 (min-max), −0.006 (entropy), −0.004 (99.99 %), −0.0015 (99.9 %
+# with the saliency output's conv in fp32) against fp32. It holds every calibration activation in memory while it
+# builds the histograms (6.7 GB peak for 100 images at 224 px).
+CALIBRATION_PERCENTILE = 99.9
 
-    Quantizing the logits of a softmax shifts every weight of the pixel's distribution, so those convolutions
-    stay fp32 (cheap: one 1×1 conv per attention module).
+
+def output_logit_nodes(model: onnx.ModelProto, outputs: list[str]) -> list[str]:
+    """Nodes that produce each named output directly or through one Softmax/Sigmoid (its logits conv).
+
+    Quantizing the logits of a softmax shifts every weight of the pixel's distribution, and the saliency logits are
+    what the user sees, so those convolutions stay fp32 (cheap: one 1×1 conv per output).
     """
     producer = {out: node for node in model.graph.node for out in node.output}
     excluded = []
-    for name in attention_outputs:
+    for name in outputs:
         node = producer.get(name)
         while node is not None and node.op_type not in ("Conv", "MatMul"):
             node = producer.get(node.input[0])
@@ -74,20 +82,15 @@ def attention_logit_nodes(model: onnx.ModelProto, attention_outputs: list[str]) 
 
 
 def quantize_int8(
-    fp32_path: str | Path,
-    out_path: str | Path,
-    calibration_images: np.ndarray,
-    attention_outputs: list[str],
-    keep_attention_fp32: bool = True,
+    fp32_path: str | Path, out_path: str | Path, calibration_images: np.ndarray, fp32_outputs: list[str]
 ) -> Path:
-    """Write a static QDQ int8 model: per-channel int8 weights, uint8 activations, min-max calibration.
+    """Write a static QDQ int8 model: per-channel int8 weights, uint8 activations, percentile calibration.
 
     Args:
         fp32_path: the exported fp32 model.
         out_path: where to write the int8 model.
         calibration_images: real images, preprocessed (see :class:`ImageCalibrationReader`).
-        attention_outputs: names of the attention outputs (their logits convolutions stay fp32).
-        keep_attention_fp32: set False to quantize the attention logits too (for measuring its cost).
+        fp32_outputs: names of the outputs (saliency, attention) whose logits convolutions stay fp32.
 
     Returns:
         ``out_path``.
@@ -98,8 +101,8 @@ def quantize_int8(
         # Shape inference + ORT's basic graph cleanup before quantization, as the ORT docs recommend.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         model = onnx.load(str(prepared))
-        excluded = attention_logit_nodes(model, attention_outputs) if keep_attention_fp32 else []
-        log.info("int8: quantizing %s, keeping %d attention logit nodes in fp32", QUANTIZED_OPS, len(excluded))
+        excluded = output_logit_nodes(model, fp32_outputs)
+        log.info("int8: quantizing %s, keeping %d output logit nodes in fp32", QUANTIZED_OPS, len(excluded))
         quantize_static(
             str(prepared),
             str(out_path),
@@ -110,7 +113,8 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_exclude=excluded,
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.Percentile,
+            extra_options={"CalibPercentile": CALIBRATION_PERCENTILE},
         )
     onnx.checker.check_model(str(out_path))
     return out_path

@@ -17,6 +17,7 @@ from export.checkpoint import load_checkpoint
 from export.images import list_images, load_batch
 from export.onnx_export import attention_output_name, describe_outputs, export_onnx
 from export.parity import ParityError, check_parity, cpu_session, max_abs_diff
+from export.quantize import output_logit_nodes, quantize_int8
 from export.tensorrt import detect_tensorrt
 from service.manifest import BundleError, Manifest, load_manifest, resolve_bundle, sha256_file
 
@@ -130,6 +131,22 @@ def test_int8_shipped_only_within_accuracy_bound(exported) -> None:
         assert not (out / "model.int8.onnx").exists() and "int8" not in manifest.variants
         assert manifest.rejected_variants["int8"].accuracy["ECSSD_val"] == int8
         assert manifest.default_variant == "fp32"
+
+
+def test_int8_keeps_the_output_logit_convolutions_in_float(
+    exported, tiny_checkpoint: Path, fixture_images: Path, tmp_path: Path
+) -> None:
+    out, _, _ = exported
+    fp32 = onnx.load(str(out / "model.onnx"))
+    outputs = [o.name for o in fp32.graph.output if o.name != "embedding"]
+    kept = set(output_logit_nodes(fp32, outputs))
+    assert len(kept) == len(outputs)  # one logits convolution per saliency/attention output
+    calibration = load_batch(list_images(fixture_images, limit=4), load_checkpoint(tiny_checkpoint).preprocess)
+    int8 = onnx.load(str(quantize_int8(out / "model.onnx", tmp_path / "q.onnx", calibration, outputs)))
+    dequantized = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = {n.name: n for n in int8.graph.node if n.op_type == "Conv"}
+    assert all(convs[name].input[1] not in dequantized for name in kept)  # float weights
+    assert sum(n.input[1] in dequantized for n in convs.values()) > len(convs) // 2  # the rest is int8
 
 
 def test_fp16_variant_keeps_float_io_and_stays_close(exported, fixture_images: Path) -> None:
