@@ -134,7 +134,7 @@ def test_int8_shipped_only_within_accuracy_bound(exported) -> None:
 
 
 def test_int8_keeps_the_output_logit_convolutions_in_float(
-    exported, tiny_checkpoint: Path, fixture_images: Path, tmp_path: Path
+    exported, tiny_checkpoint: Path, fixture_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _, _ = exported
     fp32 = onnx.load(str(out / "model.onnx"))
@@ -143,6 +143,7 @@ def test_int8_keeps_the_output_logit_convolutions_in_float(
     assert len(kept) == len(outputs)  # one logits convolution per saliency/attention output
     calibration = load_batch(list_images(fixture_images, limit=4), load_checkpoint(tiny_checkpoint).preprocess)
     int8 = onnx.load(str(quantize_int8(out / "model.onnx", tmp_path / "q.onnx", calibration, outputs)))
+    assert capsys.readouterr().out == ""  # stdout carries the export's JSON report only
     dequantized = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = {n.name: n for n in int8.graph.node if n.op_type == "Conv"}
     assert all(convs[name].input[1] not in dequantized for name in kept)  # float weights
