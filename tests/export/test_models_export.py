@@ -25,6 +25,7 @@ torch.set_num_threads(1)
 
 SMALL_BUILD: dict[str, dict[str, int]] = {
     "picanet_vgg16": {"input_size": 112, "global_grid": 4},
+    "picanet_effl0": {"input_size": 64},
     **{
         name: {"input_size": 64}
         for name in list_models()

@@ -19,6 +19,7 @@ SMALLEST_INPUT = {
     "picanet_lite": 224,
     "picanet_lite_lap": 224,
     "picanet_vgg16": 112,
+    "picanet_effl0": 64,
     "class_lite": 64,
     "class_resnet50": 64,
     "arn_lite": 64,
@@ -26,7 +27,7 @@ SMALLEST_INPUT = {
 }
 # picanet_vgg16 at 224 takes 40-90 s for forward+backward on one shared core; at 112 its GAP grid must shrink
 # (4×4 cells, dilation 3 on the 14×14 map): every module and parameter is the same except GAP's logits width.
-OVERRIDES = {"picanet_vgg16": {"input_size": 112, "global_grid": 4}}
+OVERRIDES = {"picanet_vgg16": {"input_size": 112, "global_grid": 4}, "picanet_effl0": {"input_size": 64}}
 
 
 @pytest.mark.parametrize(
