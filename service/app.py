@@ -12,11 +12,13 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import __version__
 from service.engine import Engine
 from service.errors import ServiceError
+from service.kserve import ProtocolError
 from service.metrics import ServiceMetrics
 from service.middleware import RequestContextMiddleware
-from service.routers import saliency, system
+from service.routers import rembg, saliency, system, v2
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -27,39 +29,48 @@ MULTIPART_SLACK_BYTES = 64 * 1024
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_body(path: str, code: str, message: str) -> dict:
+    """The error shape of the route's protocol: ``{"error": "..."}`` under ``/v2`` (KServe v2), else
+    ``{"error": {"code", "message"}}``."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return {"error": message}
+    return {"error": {"code": code, "message": message}}
 
 
 def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
-    def answer(exc: ServiceError) -> JSONResponse:
+    def answer(request: Request, exc: ServiceError) -> JSONResponse:
         metrics.errors.labels(exc.code).inc()
-        return _error(exc.status, exc.code, exc.message, exc.headers)
+        body = error_body(request.url.path, exc.code, exc.message)
+        return JSONResponse(body, status_code=exc.status, headers=exc.headers or None)
 
     @app.exception_handler(ServiceError)
-    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return answer(exc)
+    async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return answer(request, exc)
+
+    @app.exception_handler(ProtocolError)
+    async def protocol_error(request: Request, exc: ProtocolError) -> JSONResponse:
+        return answer(request, ServiceError(exc.status, "invalid_inference_request", exc.message))
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
         )
-        return answer(ServiceError(422, "invalid_request", problems or "invalid request"))
+        return answer(request, ServiceError(422, "invalid_request", problems or "invalid request"))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         # FastAPI turns any failure while parsing the body into a 400; the byte limit raised there keeps its own answer.
         if isinstance(exc.__cause__, ServiceError):
-            return answer(exc.__cause__)
+            return answer(request, exc.__cause__)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
-        return answer(ServiceError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})))
+        return answer(request, ServiceError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})))
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        metrics.errors.labels("internal_error").inc()
-        return _error(500, "internal_error", "internal server error; the request id identifies it in the logs")
+        message = "internal server error; the request id identifies it in the logs"
+        return answer(request, ServiceError(500, "internal_error", message))
 
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
@@ -84,13 +95,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app = FastAPI(
         title="Saliency service",
         description="Salient object detection with PiCANet-family models: saliency maps, pixel-wise attention.",
-        version="1.0",
+        version=__version__,
         lifespan=lifespan,
     )
     app.state.service = state
     _install_error_handlers(app, metrics)
     app.include_router(saliency.router)
     app.include_router(system.router)
+    app.include_router(v2.router)
+    app.include_router(rembg.router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -101,8 +114,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         )
 
     def body_limit(path: str) -> int:
-        images = settings.max_batch_images if path.endswith("/batch") else 1
+        several = path.endswith(("/batch", "/infer"))
+        images = settings.max_batch_images if several else 1
         return settings.max_upload_bytes * images + MULTIPART_SLACK_BYTES
 
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, body_limit=body_limit)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, body_limit=body_limit, error_body=error_body)
     return app

@@ -109,7 +109,7 @@ def to_uint8(values: np.ndarray) -> np.ndarray:
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
-    """uint8 ``[H,W]`` (grey) or ``[H,W,3]`` (RGB) → PNG bytes.
+    """uint8 ``[H,W]`` (grey), ``[H,W,3]`` (RGB) or ``[H,W,4]`` (RGBA) → PNG bytes.
 
     Compression level 1: PNG encoding was the largest non-model cost of a request (MEASURED.md); level 1 is several
     times faster than the default 6 for maps that are a little larger.

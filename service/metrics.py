@@ -21,11 +21,13 @@ class ServiceMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "saliency_requests_total", "HTTP requests by route, method and status", ["route", "method", "status"],
+            "saliency_requests_total", "HTTP requests by route, method, status and protocol",
+            ["route", "method", "status", "protocol"],
             registry=r,
         )  # fmt: skip
         self.request_latency = Histogram(
-            "saliency_request_latency_seconds", "End-to-end HTTP latency", ["route"], buckets=LATENCY_BUCKETS,
+            "saliency_request_latency_seconds", "End-to-end HTTP latency", ["route", "protocol"],
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )  # fmt: skip
         self.queue_wait_seconds = Histogram(

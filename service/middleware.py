@@ -20,6 +20,15 @@ log = logging.getLogger("service.access")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+def protocol_of(path: str) -> str:
+    """The ``protocol`` label of a request: ``kserve_v2`` under /v2, ``rembg`` for /api/*, else ``saliency``."""
+    if path == "/v2" or path.startswith("/v2/"):
+        return "kserve_v2"
+    if path.startswith("/api/"):
+        return "rembg"
+    return "saliency"
+
+
 class RequestContextMiddleware:
     """Gives each HTTP request an id (the client's ``X-Request-ID`` when sane), returns it as a header, counts
     requests by route template and status, times them, and refuses bodies over the limit.
@@ -29,12 +38,20 @@ class RequestContextMiddleware:
         metrics: request counters and histograms.
         body_limit: ``path -> max body bytes``; bodies announced larger get 413 before anything is read, and
             chunked bodies that grow past it are cut off with 413.
+        error_body: ``(path, code, message) -> JSON body`` of a refusal, in the protocol of the path.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, body_limit: Callable[[str], int]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        body_limit: Callable[[str], int],
+        error_body: Callable[[str, str, str], dict],
+    ) -> None:
         self.app = app
         self.metrics = metrics
         self.body_limit = body_limit
+        self.error_body = error_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -70,9 +87,8 @@ class RequestContextMiddleware:
         try:
             announced = headers.get(b"content-length", b"0")
             if announced.isdigit() and int(announced) > limit:
-                await self._refuse(
-                    send_with_id, 413, "upload_too_large", f"body of {int(announced)} bytes; limit {limit}"
-                )
+                message = f"body of {int(announced)} bytes; limit {limit}"
+                await self._refuse_too_large(send_with_id, self.error_body(scope["path"], "upload_too_large", message))
             else:
                 await self.app(scope, limited_receive, send_with_id)
         finally:
@@ -80,8 +96,9 @@ class RequestContextMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             self.metrics.inflight.dec()
-            self.metrics.requests.labels(path, scope["method"], str(status["code"])).inc()
-            self.metrics.request_latency.labels(path).observe(elapsed)
+            protocol = protocol_of(scope["path"])
+            self.metrics.requests.labels(path, scope["method"], str(status["code"]), protocol).inc()
+            self.metrics.request_latency.labels(path, protocol).observe(elapsed)
             log.info(
                 "%s %s %d %.1f ms",
                 scope["method"],
@@ -92,9 +109,9 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
 
-    async def _refuse(self, send: Send, status: int, code: str, message: str) -> None:
-        self.metrics.errors.labels(code).inc()
-        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    async def _refuse_too_large(self, send: Send, error: dict) -> None:
+        self.metrics.errors.labels("upload_too_large").inc()
+        body = json.dumps(error).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -212,6 +212,36 @@ class Pipeline:
         self._check_points(options, decoded.image.size)
         return decoded, await self._infer(decoded.tensor)
 
+    async def infer_encoded(self, data: bytes) -> InferenceResult:
+        """One uploaded image decoded, preprocessed and run through the batcher: the raw model outputs.
+
+        Raises:
+            ServiceError: bad image (400/413/415), queue full (503), timeout (504).
+        """
+        with self._tracked():
+            return (await self._decode_and_infer(data, Options()))[1]
+
+    async def infer_tensor(self, tensor: np.ndarray) -> InferenceResult:
+        """One already preprocessed ``[3,S,S]`` float32 input run through the batcher: the raw model outputs.
+
+        Raises:
+            ServiceError: queue full (503), timeout (504).
+        """
+        with self._tracked():
+            return await self._infer(tensor)
+
+    async def saliency_of(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
+        """The decoded image and its saliency map in [0, 1] at the image's size (float32 ``[H,W]``).
+
+        Raises:
+            ServiceError: bad image (400/413/415), queue full (503), timeout (504).
+        """
+        with self._tracked():
+            decoded, result = await self._decode_and_infer(data, Options())
+            loop = asyncio.get_running_loop()
+            saliency = await loop.run_in_executor(self.pool, self._saliency_map, result, decoded.image.size)
+        return decoded.image, saliency
+
     async def run_png(self, data: bytes) -> bytes:
         """The saliency map of one uploaded image as PNG bytes at the image's size.
 

@@ -223,10 +223,10 @@ async def test_metrics_after_traffic(client: httpx.AsyncClient) -> None:
     await client.post("/saliency", files=upload(encode(scene(40, 30))))
     await client.post("/saliency", files=upload(b"junk"))
     text = (await client.get("/metrics")).text
-    assert 'saliency_requests_total{method="POST",route="/saliency",status="200"} 1.0' in text
-    assert 'saliency_requests_total{method="POST",route="/saliency",status="415"} 1.0' in text
+    assert 'saliency_requests_total{method="POST",protocol="saliency",route="/saliency",status="200"} 1.0' in text
+    assert 'saliency_requests_total{method="POST",protocol="saliency",route="/saliency",status="415"} 1.0' in text
     for name in (
-        'saliency_request_latency_seconds_bucket{le="0.005",route="/saliency"}',
+        'saliency_request_latency_seconds_bucket{le="0.005",protocol="saliency",route="/saliency"}',
         "saliency_queue_wait_seconds_count 1.0",
         "saliency_inference_seconds_count",
         'saliency_batch_size_bucket{le="1.0"}',

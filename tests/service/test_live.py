@@ -1,8 +1,11 @@
 """Against a real server (``python -m service`` under uvicorn on a free loopback port): the client and load
-generator CLIs, graceful stop, and the demo page in headless Chromium."""
+generator CLIs, Triton's own HTTP client (``tritonclient[http]``) over the KServe v2 routes, graceful stop, and the
+demo page in headless Chromium."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import signal
@@ -16,8 +19,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.http as triton
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
+from service.imaging import preprocess, resize_map, to_uint8
+from service.manifest import load_manifest
 from tests.service.conftest import encode, scene
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -118,7 +125,7 @@ def test_loadtest_cli(server: str, tmp_path: Path) -> None:
     assert summary["throughput_rps"] > 0
     # The load went through the batcher: the server's own metrics count it.
     metrics = httpx.get(f"{server}/metrics").text
-    assert 'saliency_requests_total{method="POST",route="/saliency",status="200"}' in metrics
+    assert 'saliency_requests_total{method="POST",protocol="saliency",route="/saliency",status="200"}' in metrics
 
 
 @pytest.mark.browser
@@ -148,3 +155,96 @@ def test_demo_page_in_chromium(server: str, tmp_path: Path) -> None:
             assert shot.std() > 5  # something was painted, not a blank page
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def triton_client(server: str) -> Iterator[triton.InferenceServerClient]:
+    client = triton.InferenceServerClient(server.removeprefix("http://"), network_timeout=60)
+    yield client
+    client.close()
+
+
+def _saliency_endpoint_map(server: str, data: bytes) -> np.ndarray:
+    response = httpx.post(f"{server}/saliency", files={"image": ("x.png", data)}, params={"format": "png"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def _as_served(v2_saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A v2 saliency tensor at the model's resolution, resized and quantised as /saliency does."""
+    return to_uint8(np.clip(resize_map(v2_saliency[0], size), 0.0, 1.0))
+
+
+def test_triton_client_reads_server_and_model_metadata(
+    triton_client: triton.InferenceServerClient, bundle_dir: Path
+) -> None:
+    manifest = load_manifest(bundle_dir)
+    assert triton_client.is_server_live() and triton_client.is_server_ready()
+    server = triton_client.get_server_metadata()
+    assert "binary_tensor_data" in server["extensions"]
+    meta = triton_client.get_model_metadata(manifest.name)
+    assert meta["versions"] == [manifest.version]
+    size = manifest.preprocess.input_size
+    inputs = {(i["name"], i["datatype"], tuple(i["shape"])) for i in meta["inputs"]}
+    assert inputs == {("image", "BYTES", (-1,)), ("image", "FP32", (-1, 3, size, size))}
+    assert [o["name"] for o in meta["outputs"]] == [o.name for o in manifest.outputs]
+    assert triton_client.is_model_ready(manifest.name)
+    assert triton_client.is_model_ready("default", manifest.version)
+    index = triton_client.get_model_repository_index()
+    assert index == [{"name": manifest.name, "version": manifest.version, "state": "READY"}]
+    with pytest.raises(InferenceServerException) as info:
+        triton_client.get_model_metadata("no_such_model")
+    assert info.value.status() == "404" and "no_such_model" in info.value.message()
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json_tensors", "binary_data"])
+def test_triton_inference_equals_the_saliency_endpoint(
+    triton_client: triton.InferenceServerClient, server: str, bundle_dir: Path, binary: bool
+) -> None:
+    manifest = load_manifest(bundle_dir)
+    files = [encode(scene(90, 60, seed=3)), encode(scene(64, 80, seed=4), "JPEG")]
+    # In JSON a BYTES element is text, so the file travels in base64; binary data carries the raw file.
+    elements = files if binary else [base64.b64encode(f) for f in files]
+    image = triton.InferInput("image", [len(files)], "BYTES")
+    image.set_data_from_numpy(np.array(elements, dtype=np.object_), binary_data=binary)
+    wanted = [triton.InferRequestedOutput("saliency", binary_data=binary)]
+    result = triton_client.infer("default", [image], outputs=wanted, request_id="r-1")
+    saliency = result.as_numpy("saliency")
+    assert saliency.dtype == np.float32 and saliency.shape[:2] == (2, 1)
+    assert result.get_response()["model_name"] == manifest.name and result.get_response()["id"] == "r-1"
+    for data, v2_map in zip(files, saliency, strict=True):
+        served = _saliency_endpoint_map(server, data)
+        np.testing.assert_array_equal(_as_served(v2_map, served.shape[::-1]), served)
+
+
+def test_triton_preprocessed_tensor_inference(triton_client: triton.InferenceServerClient, bundle_dir: Path) -> None:
+    manifest = load_manifest(bundle_dir)
+    data = encode(scene(70, 50, seed=5))
+    pixels = preprocess(Image.open(io.BytesIO(data)).convert("RGB"), manifest.preprocess)[None]
+    tensor = triton.InferInput("image", list(pixels.shape), "FP32")
+    tensor.set_data_from_numpy(pixels, binary_data=True)
+    from_tensor = triton_client.infer(manifest.name, [tensor]).as_numpy("saliency")
+    encoded = triton.InferInput("image", [1], "BYTES")
+    encoded.set_data_from_numpy(np.array([data], dtype=np.object_))
+    from_file = triton_client.infer(manifest.name, [encoded]).as_numpy("saliency")
+    np.testing.assert_allclose(from_tensor, from_file, atol=1e-5)
+    # Without a list of outputs, every output of the bundle comes back (Triton's behaviour).
+    every = triton_client.infer(manifest.name, [tensor]).get_response()["outputs"]
+    assert [o["name"] for o in every] == [o.name for o in manifest.outputs]
+
+
+def test_triton_bad_requests_get_the_protocols_error(triton_client: triton.InferenceServerClient, server: str) -> None:
+    wrong = triton.InferInput("pixels", [1], "BYTES")
+    wrong.set_data_from_numpy(np.array([b"x"], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as info:
+        triton_client.infer("default", [wrong])
+    assert info.value.status() == "400" and "one input named 'image'" in info.value.message()
+    corrupt = triton.InferInput("image", [1], "BYTES")
+    corrupt.set_data_from_numpy(np.array([b"not an image"], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as info:
+        triton_client.infer("default", [corrupt])
+    assert info.value.status() in ("400", "415")
+    response = httpx.post(f"{server}/v2/models/default/infer", content=b"{not json", timeout=30)
+    assert response.status_code == 400 and set(response.json()) == {"error"}
+    metrics = httpx.get(f"{server}/metrics").text
+    assert 'protocol="kserve_v2",route="/v2/models/{name}/infer",status="400"' in metrics

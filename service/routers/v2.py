@@ -1,0 +1,205 @@
+"""The Open Inference Protocol (KServe v2, as Triton speaks it) under ``/v2``, for existing Triton/KServe clients.
+
+Inputs of ``.../infer``: one tensor named ``image``, either ``BYTES`` ``[N]`` (encoded image files; in JSON each
+element is the file in base64, in binary data the raw file) or ``FP32`` ``[N,3,S,S]`` preprocessed as the manifest's
+``preprocess`` says (what a client of the bundle's Triton repository sends). Outputs: the bundle's ONNX outputs by
+name (``saliency`` at the model's resolution, ``attn_*``, ``embedding``), all of them unless the request lists some.
+Every image goes through the same dynamic batcher, limits, deadline, API key and metrics as ``/saliency``; errors
+are ``{"error": "..."}`` as the protocol wants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+from typing import Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import Response
+
+from service import __version__
+from service.deps import State, require_api_key
+from service.errors import ServiceError
+from service.kserve import (
+    InferRequest,
+    InputTensor,
+    ProtocolError,
+    decompress,
+    encode_infer_response,
+    parse_infer_request,
+)
+from service.manifest import Manifest
+from service.pipeline import Pipeline
+from service.state import ServiceState
+
+SERVER_NAME = "saliency-service"
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+PLATFORM = "onnxruntime_onnx"
+
+router = APIRouter(prefix="/v2", tags=["kserve-v2"], dependencies=[Depends(require_api_key)])
+
+
+def _manifest(state: ServiceState, name: str, version: str | None) -> Manifest:
+    """The served model's manifest if ``name`` (and ``version``) name it; 404 otherwise, 503 while loading."""
+    if state.engine is None:
+        raise ProtocolError(503, "the model is not loaded yet")
+    manifest = state.engine.manifest
+    if name not in (manifest.name, "default"):
+        raise ProtocolError(404, f"unknown model {name!r}; this server serves {manifest.name!r} (alias 'default')")
+    if version is not None and version != manifest.version:
+        raise ProtocolError(404, f"model {name!r} has no version {version!r}; it serves version {manifest.version!r}")
+    return manifest
+
+
+def _dims(shape: list[int | str]) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in shape]
+
+
+@router.get("")
+async def server_metadata() -> dict:
+    """Server name, version and protocol extensions."""
+    return {"name": SERVER_NAME, "version": __version__, "extensions": EXTENSIONS}
+
+
+@router.get("/health/live")
+async def live() -> Response:
+    """200 while the process is up (the status code is the answer)."""
+    return Response(status_code=200)
+
+
+@router.get("/health/ready")
+async def ready(state: State) -> Response:
+    """200 once the model is loaded and warmed up, 503 before and while draining."""
+    return Response(status_code=200 if state.ready else 503)
+
+
+@router.get("/models/{name}")
+@router.get("/models/{name}/versions/{version}")
+async def model_metadata(name: str, state: State, version: str | None = None) -> dict:
+    """Name, versions, platform, and the input/output tensors of the served model."""
+    manifest = _manifest(state, name, version)
+    size = manifest.preprocess.input_size
+    return {
+        "name": manifest.name,
+        "versions": [manifest.version],
+        "platform": PLATFORM,
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "image", "datatype": "FP32", "shape": [-1, 3, size, size]},
+        ],
+        "outputs": [{"name": o.name, "datatype": "FP32", "shape": _dims(o.shape)} for o in manifest.outputs],
+        "parameters": {
+            "preprocess": manifest.preprocess.model_dump(),
+            "image_input": "BYTES: encoded files (base64 in JSON); FP32: [N,3,S,S] normalised with preprocess",
+        },
+    }
+
+
+@router.get("/models/{name}/ready")
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_ready(name: str, state: State, version: str | None = None) -> Response:
+    """200 when the named model can infer, 503 while it loads or drains, 404 for another name."""
+    _manifest(state, name, version)
+    return Response(status_code=200 if state.ready else 503)
+
+
+@router.post("/repository/index")
+async def repository_index(state: State) -> list[dict]:
+    """Every model of the repository with its state (``READY`` or ``UNAVAILABLE`` and why)."""
+    if state.engine is None:
+        return []
+    manifest = state.engine.manifest
+    entry = {"name": manifest.name, "version": manifest.version, "state": "READY" if state.ready else "UNAVAILABLE"}
+    if not state.ready:
+        entry["reason"] = "loading or draining"
+    return [entry]
+
+
+def _image_input(request: InferRequest, manifest: Manifest, limit: int) -> InputTensor:
+    if len(request.inputs) != 1 or request.inputs[0].name != "image":
+        names = [i.name for i in request.inputs]
+        raise ProtocolError(400, f"expected one input named 'image' (BYTES or FP32), got {names}")
+    tensor = request.inputs[0]
+    size = manifest.preprocess.input_size
+    if tensor.datatype == "BYTES":
+        if len(tensor.shape) != 1:
+            raise ProtocolError(400, f"a BYTES 'image' has shape [N] (one encoded file each), got {tensor.shape}")
+    elif tensor.datatype == "FP32":
+        if len(tensor.shape) != 4 or tensor.shape[1:] != [3, size, size]:
+            raise ProtocolError(400, f"an FP32 'image' has shape [N,3,{size},{size}], got {tensor.shape}")
+        if not np.isfinite(tensor.value).all():
+            raise ProtocolError(400, "the FP32 'image' holds NaN or infinite values")
+    else:
+        raise ProtocolError(400, f"'image' must be BYTES (encoded files) or FP32 (preprocessed), not {tensor.datatype}")
+    count = tensor.shape[0]
+    if not 1 <= count <= limit:
+        raise ProtocolError(400, f"'image' holds {count} images; send 1 to {limit} per request")
+    return tensor
+
+
+def _encoded_files(tensor: InputTensor) -> list[bytes]:
+    if tensor.binary:
+        return list(tensor.value)
+    files = []
+    for index, text in enumerate(tensor.value):
+        try:
+            files.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise ProtocolError(400, f"image[{index}] in JSON must be the file in base64: {exc}") from exc
+    return files
+
+
+async def _infer_all(pipeline: Pipeline, tensor: InputTensor) -> list[dict[str, np.ndarray]]:
+    if tensor.datatype == "BYTES":
+        jobs = [pipeline.infer_encoded(data) for data in _encoded_files(tensor)]
+    else:
+        batch = np.ascontiguousarray(tensor.value, dtype=np.float32)
+        jobs = [pipeline.infer_tensor(batch[i]) for i in range(batch.shape[0])]
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        results = await asyncio.gather(*tasks)
+    except ServiceError as exc:
+        raise ProtocolError(exc.status, exc.message) from exc
+    finally:
+        for task in tasks:  # one image failed: the others' answers are not wanted any more
+            task.cancel()
+    return [r.outputs for r in results]
+
+
+@router.post("/models/{name}/infer")
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer(
+    name: str,
+    request: Request,
+    state: State,
+    version: str | None = None,
+    inference_header_content_length: Annotated[str | None, Header()] = None,
+    content_encoding: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Run the model on the ``image`` input; answer the requested outputs as JSON or binary tensor data."""
+    manifest = _manifest(state, name, version)
+    if not state.ready or state.pipeline is None:
+        raise ProtocolError(503, "the model is not loaded yet or the server is stopping")
+    pipeline = state.pipeline
+    settings = state.settings
+    body_limit = settings.max_upload_bytes * settings.max_batch_images
+    body = decompress(await request.body(), content_encoding, body_limit)
+    parsed = parse_infer_request(body, inference_header_content_length)
+    tensor = _image_input(parsed, manifest, settings.max_batch_images)
+    per_image = await _infer_all(pipeline, tensor)
+    served = [o.name for o in manifest.outputs]
+    wanted = parsed.outputs if parsed.outputs is not None else dict.fromkeys(served, parsed.binary_default)
+    unknown = sorted(set(wanted) - set(served))
+    if unknown:
+        raise ProtocolError(400, f"unknown outputs {unknown}; model {manifest.name!r} has {served}")
+    outputs = [(out, np.stack([i[out] for i in per_image]).astype(np.float32), wire) for out, wire in wanted.items()]
+    content, header_length = encode_infer_response(manifest.name, manifest.version, parsed.id, outputs)
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(header_length)},
+    )
