@@ -10,13 +10,13 @@ import argparse
 import logging
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.app import create_app
 from service.engine import Engine
 from service.logs import configure_logging
 from service.manifest import BundleError
+from service.server import serve
 from service.settings import Settings
 
 
@@ -38,17 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except BundleError as exc:
         print(f"error: cannot load bundle: {exc}", file=sys.stderr)
         return 2
-    app = create_app(settings, engine=engine)
-    # One worker: the batcher needs all requests in one process to form batches; ORT uses the cores.
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        workers=1,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.drain_timeout_s) + 1,
-    )
+    serve(create_app(settings, engine=engine), settings)
     logging.getLogger(__name__).info("server exited")
     return 0
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
@@ -17,7 +18,7 @@ from service.engine import Engine
 from service.errors import ServiceError
 from service.kserve import ProtocolError
 from service.metrics import ServiceMetrics
-from service.middleware import RequestContextMiddleware
+from service.middleware import GuardMiddleware, RequestContextMiddleware
 from service.routers import rembg, saliency, system, v2
 from service.settings import Settings
 from service.state import ServiceState
@@ -26,6 +27,28 @@ log = logging.getLogger(__name__)
 
 # Multipart framing around the file: boundaries, part headers and the option fields.
 MULTIPART_SLACK_BYTES = 64 * 1024
+# Anyone may call these (probes, scrapers, the demo page and the API docs); everything else needs the API key.
+PUBLIC_PATHS = frozenset(
+    {
+        "/",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/docs/oauth2-redirect",
+    }
+)
+DOCS_ASSETS = "/docs-assets"
+
+
+def is_public(path: str) -> bool:
+    return path in PUBLIC_PATHS or path.startswith(DOCS_ASSETS + "/")
+
+
 _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}
 
 
@@ -92,11 +115,13 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         finally:
             await state.stop()
 
-    app = FastAPI(
+    # The API docs' JavaScript and CSS come from the installed fastapi-offline wheel, not a CDN.
+    app = FastAPIOffline(
         title="Saliency service",
         description="Salient object detection with PiCANet-family models: saliency maps, pixel-wise attention.",
         version=__version__,
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
     )
     app.state.service = state
     _install_error_handlers(app, metrics)
@@ -118,5 +143,15 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         images = settings.max_batch_images if several else 1
         return settings.max_upload_bytes * images + MULTIPART_SLACK_BYTES
 
+    app.add_middleware(
+        GuardMiddleware,
+        metrics=metrics,
+        api_keys=settings.api_keys,
+        public=is_public,
+        admission=state.admission,
+        body_limit=body_limit,
+        body_timeout_s=settings.body_timeout_s,
+        error_body=error_body,
+    )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, body_limit=body_limit, error_body=error_body)
     return app

@@ -26,7 +26,7 @@ class PlacedAttention:
         centres: ``[N,2]`` (x, y) image-pixel centre of each cell (may lie outside the image for local windows
             that overhang the border).
         inside: ``[N]`` whether the cell lies on the feature map (cells outside only ever saw zero padding).
-        heatmap: float ``[H,W]`` in [0,1] at the original image size, peaking where the weights are largest.
+        heatmap: float ``[H,W]`` in [0,1] (at the requested heatmap size), peaking where the weights are largest.
     """
 
     feature_cell: tuple[int, int]
@@ -77,6 +77,7 @@ def place_attention(
     point: tuple[float, float],
     image_size: tuple[int, int],
     input_size: int,
+    heatmap_size: tuple[int, int] | None = None,
 ) -> PlacedAttention:
     """Place the weights of the pixel under ``point`` on the image.
 
@@ -86,9 +87,10 @@ def place_attention(
         point: (x, y) in original image pixels.
         image_size: (width, height) of the original image.
         input_size: the network input side S.
+        heatmap_size: (width, height) of the heatmap; the image size by default.
 
     Returns:
-        The placed weights and a heatmap at the original size. Spatial maps have no per-pixel weights: their
+        The placed weights and a heatmap at ``heatmap_size``. Spatial maps have no per-pixel weights: their
         heatmap is the whole map and their single weight is the value under the point.
     """
     feature_hw = (weights.shape[1], weights.shape[2])
@@ -106,7 +108,7 @@ def place_attention(
     peak = float(canvas.max())
     if peak > 0:
         canvas = canvas / peak
-    heatmap = np.clip(resize_map(canvas, image_size), 0.0, 1.0)
+    heatmap = np.clip(resize_map(canvas, heatmap_size or image_size), 0.0, 1.0)
     centres = cell_centres(cells, spec.stride, input_size, image_size)
     return PlacedAttention(cell, cells, values, centres, inside, heatmap)
 

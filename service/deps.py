@@ -1,9 +1,8 @@
-"""FastAPI dependencies: app state, readiness, API-key authentication, request options."""
+"""FastAPI dependencies: app state, readiness, request options (the API key is checked by ``GuardMiddleware``)."""
 
 from __future__ import annotations
 
 import math
-import secrets
 from typing import Annotated, Literal
 
 from fastapi import Depends, Header, Query, Request
@@ -20,21 +19,6 @@ def get_state(request: Request) -> ServiceState:
 
 
 State = Annotated[ServiceState, Depends(get_state)]
-
-
-def require_api_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
-    """401 unless API keys are off or ``Authorization: Bearer <key>`` names one of them."""
-    keys = state.settings.api_keys
-    if not keys:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    # compare_digest against every key: the time taken does not say which key (or how much of one) matched.
-    matched = [secrets.compare_digest(token.strip().encode(), key.encode()) for key in keys]
-    if scheme.lower() != "bearer" or not any(matched):
-        raise ServiceError(
-            401, "unauthorized", "missing or wrong API key: send Authorization: Bearer <key>",
-            {"WWW-Authenticate": "Bearer"},
-        )  # fmt: skip
 
 
 def ready_pipeline(state: State) -> Pipeline:
@@ -70,6 +54,9 @@ def parse_options(
     points: Annotated[str | None, Query(description=POINTS_HELP)] = None,
     format: Annotated[Literal["json", "png"] | None, Query(description="json (default) or png")] = None,
     model: Annotated[str | None, Query(description="model name (see GET /models)")] = None,
+    max_side: Annotated[
+        int | None, Query(description="longest side of the returned maps (default: the server's)")
+    ] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Options:
     """The request's options, validated against the loaded model (422 on anything it cannot do)."""
@@ -86,6 +73,7 @@ def parse_options(
         raise ServiceError(
             422, "invalid_option", "format=png returns the saliency map only; use JSON for other outputs"
         )
-    options = Options(outputs=wanted, points=_parse_points(points) if points is not None else None, png=png)
+    parsed_points = _parse_points(points) if points is not None else None
+    options = Options(outputs=wanted, points=parsed_points, png=png, max_side=max_side)
     pipeline.check_options(options)
     return options

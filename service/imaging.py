@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from service.errors import ServiceError
 from service.manifest import PreprocessSpec
@@ -48,16 +50,34 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
-    """Bytes of an uploaded file → an RGB image, upright per its EXIF orientation (first frame of animations).
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an upload's header says, before any pixel is decoded.
 
-    The pixel count is checked from the header, before the pixels are decoded, so a decompression bomb costs
-    nothing.
-
-    Raises:
-        ServiceError: 413 over ``max_bytes`` or ``max_pixels``; 415 not JPEG/PNG/WebP/BMP/TIFF/GIF;
-            400 empty, truncated or corrupt.
+    Attributes:
+        format: one of :data:`SUPPORTED_FORMATS`.
+        width, height: the upright size (EXIF orientation applied).
     """
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.width, self.height
+
+
+# EXIF orientations that turn the image by 90°: width and height swap.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+_HEAP_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
+def _check_bytes(data: bytes, max_bytes: int) -> str:
     if len(data) > max_bytes:
         raise ServiceError(413, "upload_too_large", f"image is {len(data)} bytes; the limit is {max_bytes}")
     if not data:
@@ -67,25 +87,88 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int) -> Image.Image:
         raise ServiceError(
             415, "unsupported_media_type", f"not a supported image; send one of {', '.join(SUPPORTED_FORMATS)}"
         )
+    return fmt
+
+
+def _corrupt(fmt: str, exc: Exception) -> ServiceError:
+    # Pillow's messages can name the in-memory file object ("<_io.BytesIO object at 0x7f...>"): no heap addresses.
+    detail = _HEAP_ADDRESS.sub("the upload", str(exc))
+    return ServiceError(400, "corrupt_image", f"cannot decode the {fmt} image: {detail}")
+
+
+def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
+    """Open (header only) and check the pixel count before anything is decoded."""
+    img = Image.open(io.BytesIO(data), formats=[fmt])
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ServiceError(
+            413, "too_many_pixels", f"image is {width}x{height} = {width * height} pixels; limit {max_pixels}"
+        )
+    return img
+
+
+def read_header(data: bytes, max_bytes: int, max_pixels: int) -> ImageHeader:
+    """The format and upright size of an upload from its header alone (cheap; nothing is decoded).
+
+    Raises:
+        ServiceError: as :func:`decode_image`, for what the header alone shows.
+    """
+    fmt = _check_bytes(data, max_bytes)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[fmt])
+            img = _open(data, fmt, max_pixels)
             width, height = img.size
-            if width * height > max_pixels:
-                raise ServiceError(
-                    413, "too_many_pixels", f"image is {width}x{height} = {width * height} pixels; limit {max_pixels}"
-                )
+            if img.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSING_ORIENTATIONS:
+                width, height = height, width
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ServiceError(413, "too_many_pixels", f"image refused as a decompression bomb: {exc}") from exc
+    except ServiceError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise many types (OSError, ValueError, struct.error...) on bad data
+        raise _corrupt(fmt, exc) from exc
+    return ImageHeader(fmt, width, height)
+
+
+def fit_size(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """``size`` scaled down (aspect kept, each side at least 1) so that its longer side is at most ``max_side``."""
+    width, height = size
+    if max_side is None or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def decode_image(data: bytes, max_bytes: int, max_pixels: int, max_side: int | None = None) -> Image.Image:
+    """Bytes of an uploaded file → an RGB image, upright per its EXIF orientation (first frame of animations).
+
+    The pixel count is checked from the header, before the pixels are decoded, so a decompression bomb costs
+    nothing. With ``max_side``, the image comes back scaled to fit it, and a JPEG is decoded at a reduced scale
+    (libjpeg's DCT scaling) when that still covers the fitted size, so a huge JPEG never exists at full size.
+
+    Raises:
+        ServiceError: 413 over ``max_bytes`` or ``max_pixels``; 415 not JPEG/PNG/WebP/BMP/TIFF/GIF;
+            400 empty, truncated or corrupt.
+    """
+    fmt = _check_bytes(data, max_bytes)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = _open(data, fmt, max_pixels)
             img.seek(0)
+            if max_side is not None and fmt == "JPEG":
+                img.draft(img.mode, fit_size(img.size, max_side))
             img.load()
             img = ImageOps.exif_transpose(img)
+            if max_side is not None and max(img.size) > max_side:
+                img = img.resize(fit_size(img.size, max_side), Image.BILINEAR, reducing_gap=2.0)
             return _to_rgb(img)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ServiceError(413, "too_many_pixels", f"image refused as a decompression bomb: {exc}") from exc
     except ServiceError:
         raise
     except Exception as exc:  # Pillow's decoders raise many types (OSError, ValueError, struct.error...) on bad data
-        raise ServiceError(400, "corrupt_image", f"cannot decode the {fmt} image: {exc}") from exc
+        raise _corrupt(fmt, exc) from exc
 
 
 def preprocess(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
@@ -119,16 +202,23 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def overlay(image: Image.Image, saliency: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+def overlay(image: Image.Image, saliency: np.ndarray, alpha: float = 0.6, rows_per_chunk: int = 128) -> np.ndarray:
     """The image dimmed where not salient and tinted red where salient: uint8 ``[H,W,3]``.
 
+    Computed in bands of ``rows_per_chunk`` rows, so the float temporaries stay small whatever the image size.
+
     Args:
-        image: the RGB image at its original size.
+        image: the RGB image at the map's size.
         saliency: float map in [0,1] at the same size.
         alpha: strength of the tint.
     """
-    rgb = np.asarray(image, dtype=np.float32)
-    weight = (alpha * saliency)[..., None]
+    rgb = np.asarray(image)
+    out = np.empty_like(rgb)
     tint = np.array([255.0, 32.0, 32.0], dtype=np.float32)
-    dimmed = rgb * (0.45 + 0.55 * saliency[..., None])
-    return np.clip(dimmed * (1.0 - weight) + tint * weight, 0, 255).astype(np.uint8)
+    for top in range(0, rgb.shape[0], rows_per_chunk):
+        band = slice(top, top + rows_per_chunk)
+        sal = saliency[band][..., None].astype(np.float32)
+        weight = alpha * sal
+        dimmed = rgb[band].astype(np.float32) * (0.45 + 0.55 * sal)
+        out[band] = np.clip(dimmed * (1.0 - weight) + tint * weight, 0, 255).astype(np.uint8)
+    return out

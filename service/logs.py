@@ -17,6 +17,20 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def escape_controls(text: str) -> str:
+    """``text`` with control characters (newlines, ANSI escapes, NUL...) shown as escapes, so a client-controlled
+    string (a URL path) can neither forge a log line nor drive the terminal."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+
+
+class PlainFormatter(logging.Formatter):
+    """Human-readable lines; the message has its control characters escaped (JSON lines escape them anyway)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id, plus ``extra`` fields given as
     ``extra={"fields": {...}}``."""
@@ -42,7 +56,7 @@ def configure_logging(json_lines: bool, level: str) -> None:
     if json_lines:
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+        handler.setFormatter(PlainFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,16 +1,20 @@
-"""Pure ASGI middleware: request id, request metrics, access log and the request-body byte limit."""
+"""Pure ASGI middleware: request id, metrics, access log and the body byte limit (``RequestContextMiddleware``);
+API key, admission and the body read timeout, all before the body is read (``GuardMiddleware``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
+import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.admission import Admission
 from service.errors import ServiceError
 from service.logs import request_id_var
 from service.metrics import ServiceMetrics
@@ -88,7 +92,8 @@ class RequestContextMiddleware:
             announced = headers.get(b"content-length", b"0")
             if announced.isdigit() and int(announced) > limit:
                 message = f"body of {int(announced)} bytes; limit {limit}"
-                await self._refuse_too_large(send_with_id, self.error_body(scope["path"], "upload_too_large", message))
+                self.metrics.errors.labels("upload_too_large").inc()
+                await _answer(send_with_id, 413, self.error_body(scope["path"], "upload_too_large", message))
             else:
                 await self.app(scope, limited_receive, send_with_id)
         finally:
@@ -109,9 +114,105 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(token)
 
-    async def _refuse_too_large(self, send: Send, error: dict) -> None:
-        self.metrics.errors.labels("upload_too_large").inc()
-        body = json.dumps(error).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+
+def authorized(authorization: str, keys: Collection[str]) -> bool:
+    """Whether an ``Authorization`` header value is ``Bearer <one of keys>`` (always true when there are no keys)."""
+    if not keys:
+        return True
+    scheme, _, token = authorization.partition(" ")
+    # compare_digest against every key: the time taken does not say which key (or how much of one) matched.
+    matched = [secrets.compare_digest(token.strip().encode(), key.encode()) for key in keys]
+    return scheme.lower() == "bearer" and any(matched)
+
+
+class GuardMiddleware:
+    """What a request must pass before any of its body is read, and the pace its body must keep.
+
+    - API key: protected paths answer 401 at once (``Authorization: Bearer <key>``), before the body is read.
+    - Admission: a request with a body is admitted against the in-flight count and byte budget by its
+      ``Content-Length`` (or the path's body limit when chunked): 503 + ``Retry-After`` when full, without reading.
+    - Body read timeout: each chunk of the body must arrive within ``body_timeout_s``, else 408.
+
+    Args:
+        app: the wrapped ASGI app.
+        api_keys: accepted keys; empty switches authentication off.
+        public: ``path -> bool``, paths anyone may call (health, metrics, docs, demo page).
+        admission: the shared budget.
+        body_limit: ``path -> max body bytes`` (the reservation of a chunked body).
+        body_timeout_s: longest wait for the next body chunk.
+        error_body: ``(path, code, message) -> JSON body`` of a refusal, in the protocol of the path.
+        metrics: where refusals are counted.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        metrics: ServiceMetrics,
+        api_keys: Collection[str],
+        public: Callable[[str], bool],
+        admission: Admission,
+        body_limit: Callable[[str], int],
+        body_timeout_s: float,
+        error_body: Callable[[str, str, str], dict],
+    ) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.api_keys = list(api_keys)
+        self.public = public
+        self.admission = admission
+        self.body_limit = body_limit
+        self.body_timeout_s = body_timeout_s
+        self.error_body = error_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or self.public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        path = scope["path"]
+        if not authorized(headers.get(b"authorization", b"").decode("latin-1"), self.api_keys):
+            message = "missing or wrong API key: send Authorization: Bearer <key>"
+            await self._refuse(send, path, ServiceError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"}))
+            return
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        announced = headers.get(b"content-length", b"")
+        reserved = int(announced) if announced.isdigit() else self.body_limit(path)
+        try:
+            self.admission.admit_request(reserved)
+        except ServiceError as exc:
+            await self._refuse(send, path, exc)
+            return
+        body_done = False
+
+        async def paced_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except TimeoutError:
+                raise ServiceError(
+                    408, "body_timeout", f"no request body data for {self.body_timeout_s:g} s; send the body promptly"
+                ) from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        try:
+            await self.app(scope, paced_receive, send)
+        finally:
+            self.admission.release_request(reserved)
+
+    async def _refuse(self, send: Send, path: str, exc: ServiceError) -> None:
+        self.metrics.errors.labels(exc.code).inc()
+        await _answer(send, exc.status, self.error_body(path, exc.code, exc.message), exc.headers)
+
+
+async def _answer(send: Send, status: int, error: dict, extra_headers: dict[str, str] | None = None) -> None:
+    body = json.dumps(error).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in (extra_headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

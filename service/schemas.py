@@ -49,7 +49,9 @@ class AttentionMap(BaseModel):
     normalization: str
     grid: int
     feature_cell: tuple[int, int] = Field(description="(row, col) of the query point on this output's feature map")
-    heatmap_png: str = Field(description="base64 greyscale PNG at the original image size, 255 at the largest weight")
+    heatmap_png: str = Field(
+        description="base64 greyscale PNG at the image size scaled to fit max_attention_side, 255 at the largest weight"
+    )
     weights: list[AttentionWeight]
 
 
@@ -60,9 +62,13 @@ class AttentionPoint(BaseModel):
 
 
 class ImageResult(BaseModel):
-    """The answer for one image; maps are base64 PNG at the original image size."""
+    """The answer for one image; maps are base64 PNG at ``map_size`` (the original size unless it is over
+    ``max_side``); attention query points and weight centres are in the original image's pixels."""
 
     image: ImageSize
+    map_size: ImageSize = Field(
+        description="size of the returned maps: the image's, scaled down to fit max_side (server max_map_side)"
+    )
     saliency_png: str | None = Field(default=None, description="base64 greyscale PNG, 255 = salient")
     overlay_png: str | None = Field(default=None, description="base64 RGB PNG of the image tinted by saliency")
     attention: list[AttentionPoint] | None = None
@@ -92,7 +98,7 @@ class ModelInfo(BaseModel):
     version: str
     architecture: str
     description: str
-    bundle: str
+    bundle: str = Field(description="the bundle's folder name (not its path on the server)")
     variant: str
     variants: list[str]
     provider: str = Field(description="the execution provider the session really runs on")

@@ -33,15 +33,31 @@ class Settings(BaseSettings):
             ``tensorrt``, ``cuda``, ``cpu`` in order of preference.
         max_batch_size, max_delay_ms: dynamic batching limits.
         queue_size: images waiting for inference before new ones are refused with 503.
-        request_timeout_s: a request waiting longer for its result gets 504.
+        request_timeout_s: the deadline of a whole request (decode, queue, inference, post-processing, encoding);
+            past it the answer is 504 and the request's remaining work is dropped.
         intra_op_threads: ONNX Runtime threads per inference (0 = ONNX Runtime's default, one per core).
         intra_op_spinning: let idle ONNX Runtime threads spin (off: far slower on shared cores, see ``Engine``).
         max_upload_bytes: largest accepted image file; max_pixels: largest width × height (decompression bombs).
-        max_batch_images: most images in one ``/saliency/batch`` request.
+        max_batch_images: most images in one ``/saliency/batch`` (or KServe v2) request.
+        max_map_side: longest side of returned saliency maps and overlays; larger images get maps scaled to fit
+            (the response's ``map_size`` says so). Clients may ask for less with ``max_side``.
+        max_attention_side: longest side of returned attention heatmaps.
+        max_inflight_requests: requests admitted at once (body read through answer); more get 503 before their
+            body is read.
+        max_inflight_bytes: upload bytes the admitted requests may hold together (by Content-Length).
+        max_inflight_pixels: decoded pixels the admitted requests may hold together, counted from the image header
+            before decoding; a request that would pass it gets 503.
+        heavy_pixels: images larger than this are decoded and post-processed on a separate single thread, so they
+            never hold up small ones.
+        body_timeout_s: longest wait for the next chunk of a request body (slow uploads get 408).
+        header_timeout_s: longest time a connection may take to send its request line and headers.
+        max_header_bytes: largest request head (request line plus headers).
+        max_connections: concurrent connections; more are answered 503 by the HTTP server.
         api_keys: comma list; empty switches authentication off.
         cors_origins: comma list of allowed origins; empty switches CORS off.
         log_json: one JSON object per log line (else plain text); log_level: logging level name.
-        drain_timeout_s: how long shutdown waits for queued work.
+        drain_timeout_s: how long shutdown waits for admitted requests to finish; at least ``request_timeout_s``
+            so that every admitted request can finish (or meet its deadline) before the process exits.
     """
 
     model_config = SettingsConfigDict(env_prefix="SALIENCY_", extra="forbid", frozen=True)
@@ -60,11 +76,21 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=40_000_000, ge=1)
     max_batch_images: int = Field(default=16, ge=1)
+    max_map_side: int = Field(default=2048, ge=16)
+    max_attention_side: int = Field(default=512, ge=16)
+    max_inflight_requests: int = Field(default=64, ge=1)
+    max_inflight_bytes: int = Field(default=192 * 1024 * 1024, ge=1024)
+    max_inflight_pixels: int = Field(default=64_000_000, ge=1)
+    heavy_pixels: int = Field(default=4_000_000, ge=1)
+    body_timeout_s: float = Field(default=20.0, gt=0.0)
+    header_timeout_s: float = Field(default=10.0, gt=0.0)
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)
+    max_connections: int = Field(default=256, ge=1)
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     log_json: bool = True
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    drain_timeout_s: float = Field(default=10.0, ge=0.0)
+    drain_timeout_s: float = Field(default=35.0, ge=0.0)
 
     @field_validator("providers", "api_keys", "cors_origins", mode="before")
     @classmethod
@@ -95,6 +121,25 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"queue_size ({self.queue_size}) must be at least max_batch_size ({self.max_batch_size}), "
                 "or no full batch could ever form"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _limits_fit_together(self) -> Settings:
+        if self.drain_timeout_s < self.request_timeout_s:
+            raise ValueError(
+                f"drain_timeout_s ({self.drain_timeout_s:g}) must be at least request_timeout_s "
+                f"({self.request_timeout_s:g}), or shutdown would cut admitted requests off"
+            )
+        if self.max_inflight_pixels < self.max_pixels:
+            raise ValueError(
+                f"max_inflight_pixels ({self.max_inflight_pixels}) must be at least max_pixels ({self.max_pixels}), "
+                "or the largest accepted image could never be admitted"
+            )
+        if self.max_inflight_bytes < self.max_upload_bytes:
+            raise ValueError(
+                f"max_inflight_bytes ({self.max_inflight_bytes}) must be at least max_upload_bytes "
+                f"({self.max_upload_bytes}), or the largest accepted upload could never be admitted"
             )
         return self
 

@@ -8,6 +8,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from service.admission import Admission
 from service.batcher import Batcher
 from service.engine import Engine
 from service.metrics import ServiceMetrics
@@ -18,7 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class ServiceState:
-    """Lifecycle of the model behind one app: load → warm up → ready → drain → closed.
+    """Lifecycle of the model behind one app: load → warm up → ready → draining → closed.
+
+    Draining begins at the server's shutdown signal (:meth:`begin_drain`): readiness turns false and new requests
+    are refused with 503 before any work, while admitted ones run to their end; :meth:`stop` then stops the batcher
+    and the pools.
 
     Args:
         settings: validated settings.
@@ -33,8 +38,12 @@ class ServiceState:
         self.engine = engine
         self.pipeline: Pipeline | None = None
         self.ready = False
+        self.draining = False
+        self.admission = Admission(
+            settings.max_inflight_requests, settings.max_inflight_bytes, settings.max_inflight_pixels
+        )
         self._batcher: Batcher | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pools: list[ThreadPoolExecutor] = []
 
     def _load(self) -> Engine:
         s = self.settings
@@ -52,22 +61,33 @@ class ServiceState:
         self.metrics.model_info.labels(info.manifest.name, info.manifest.version, info.variant, info.provider).set(1)
         self._batcher = Batcher(self.engine, self.metrics, s.max_batch_size, s.max_delay_ms, s.queue_size)
         self._batcher.start()
-        self._pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="imaging")
-        self.pipeline = Pipeline(s, self.engine, self._batcher, self.metrics, self._pool)
-        self.ready = True
+        pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="imaging")
+        # One thread for large images: at most one is decoded or post-processed at a time, beside the small ones.
+        heavy_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imaging-heavy")
+        self._pools = [pool, heavy_pool]
+        self.pipeline = Pipeline(s, self.engine, self._batcher, self.metrics, pool, heavy_pool, self.admission)
+        self.ready = not self.draining
         log.info("ready: %s %s (%s) on %s", info.manifest.name, info.manifest.version, info.variant, info.provider)
+
+    def begin_drain(self) -> None:
+        """Refuse new requests (503, readiness false) and let admitted ones finish; called at SIGTERM.
+
+        Only sets flags: it runs inside a signal handler, where logging could deadlock.
+        """
+        self.draining = True
+        self.ready = False
 
     async def stop(self) -> None:
         """Stop taking work, finish what is queued (up to ``drain_timeout_s``), release threads."""
-        self.ready = False
+        self.begin_drain()
         if self._batcher is not None:
             await self._batcher.drain(self.settings.drain_timeout_s)
         # Answers that left the batcher still need the imaging pool for post-processing.
         deadline = time.perf_counter() + self.settings.drain_timeout_s
         while self.pipeline is not None and self.pipeline.active and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        for pool in self._pools:
+            pool.shutdown(wait=True)
         if self.engine is not None:
             self.engine.close()
         log.info("stopped")

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Depends, File, Form, Query
 from fastapi.responses import Response
 from PIL import Image, ImageFilter
 
-from service.deps import ready_pipeline, require_api_key
+from service.deps import ready_pipeline
 from service.errors import ServiceError
 from service.imaging import encode_png, to_uint8
 from service.pipeline import Pipeline
@@ -34,7 +34,7 @@ REMBG_MODELS = frozenset(
 )  # fmt: skip
 MASK_THRESHOLD = 127  # rembg's post-processing threshold on 0–255 masks
 
-router = APIRouter(prefix="/api", tags=["rembg"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/api", tags=["rembg"])
 
 
 def post_process(mask: np.ndarray) -> np.ndarray:

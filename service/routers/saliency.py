@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.responses import Response
 
-from service.deps import State, parse_options, ready_pipeline, require_api_key
+from service.deps import State, parse_options, ready_pipeline
 from service.errors import ServiceError
 from service.pipeline import Options, Pipeline
 from service.schemas import BatchResponse, ErrorResponse, ImageResult, ModelRef, SaliencyResponse
@@ -26,7 +26,7 @@ ERRORS = {
     }.items()
 }
 
-router = APIRouter(tags=["saliency"], dependencies=[Depends(require_api_key)], responses=ERRORS)
+router = APIRouter(tags=["saliency"], responses=ERRORS)
 
 PipelineDep = Annotated[Pipeline, Depends(ready_pipeline)]
 OptionsDep = Annotated[Options, Depends(parse_options)]
@@ -57,9 +57,11 @@ async def saliency(
     options: OptionsDep,
 ) -> SaliencyResponse | Response:
     """Saliency map (and optionally attention at query points, an overlay) of one image."""
+    if len((await request.form()).getlist("image")) > 1:
+        raise ServiceError(422, "invalid_request", "several image fields: send one, or use /saliency/batch")
     data = await _read(image, pipeline.settings.max_upload_bytes, "image")
     if options.png:
-        return Response(content=await pipeline.run_png(data), media_type="image/png")
+        return Response(content=await pipeline.run_png(data, options), media_type="image/png")
     result = await pipeline.run(data, options)
     return SaliencyResponse(request_id=request.state.request_id, model=_model_ref(pipeline), **result.model_dump())
 

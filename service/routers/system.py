@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse, Response
 
-from service.deps import State, require_api_key
+from service.deps import State
 from service.schemas import HealthResponse, ModelInfo, ModelsResponse, OutputInfo, ReadyResponse
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -30,7 +30,7 @@ async def readyz(state: State) -> ReadyResponse | JSONResponse:
     return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
 
 
-@router.get("/models", response_model=ModelsResponse, dependencies=[Depends(require_api_key)])
+@router.get("/models", response_model=ModelsResponse)
 async def list_models(state: State) -> ModelsResponse:
     """The loaded bundle: variants, the variant and execution provider in use, outputs."""
     if state.engine is None or state.pipeline is None:
@@ -44,7 +44,7 @@ async def list_models(state: State) -> ModelsResponse:
                 version=manifest.version,
                 architecture=manifest.architecture,
                 description=manifest.description,
-                bundle=str(info.bundle_dir),
+                bundle=info.bundle_dir.name,
                 variant=info.variant,
                 variants=sorted(manifest.variants),
                 provider=info.provider,

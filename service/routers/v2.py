@@ -16,11 +16,11 @@ import binascii
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, Header, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
 
 from service import __version__
-from service.deps import State, require_api_key
+from service.deps import State
 from service.errors import ServiceError
 from service.kserve import (
     InferRequest,
@@ -38,7 +38,7 @@ SERVER_NAME = "saliency-service"
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 PLATFORM = "onnxruntime_onnx"
 
-router = APIRouter(prefix="/v2", tags=["kserve-v2"], dependencies=[Depends(require_api_key)])
+router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
 
 def _manifest(state: ServiceState, name: str, version: str | None) -> Manifest:

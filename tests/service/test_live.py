@@ -5,6 +5,7 @@ demo page in headless Chromium."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -12,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,17 +48,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextlib.contextmanager
+def launched(bundle_dir: Path, log: Path, **env: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``python -m service`` on a free loopback port with ``SALIENCY_*`` overrides, once it is ready."""
     port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "SALIENCY_LOG_JSON": "true"}
+    variables = {**os.environ, "SALIENCY_LOG_JSON": "true", **{f"SALIENCY_{k.upper()}": v for k, v in env.items()}}
     with open(log, "w") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port), "--bundle", str(bundle_dir)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=variables,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -71,14 +73,27 @@ def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             time.sleep(0.1)
         else:
             raise AssertionError(f"server never became ready: {log.read_text()}")
-        yield url
+        yield process, url
     finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def log_records(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with launched(bundle_dir, log) as (process, url):
+        yield url
         process.send_signal(signal.SIGTERM)
-        # uvicorn re-raises the signal after its graceful shutdown, so the process ends "killed by SIGTERM".
-        assert process.wait(timeout=30) in (0, -signal.SIGTERM), log.read_text()
-        records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-        assert any(r["message"] == "stopped" for r in records)  # the lifespan's drain ran
-        assert any(r.get("request_id", "-") != "-" for r in records)  # access logs carry the request id
+        assert process.wait(timeout=60) == 0, log.read_text()  # a drained server exits 0
+    records = log_records(log)
+    assert any(r["message"] == "stopped" for r in records)  # the lifespan's drain ran
+    assert any(r.get("request_id", "-") != "-" for r in records)  # access logs carry the request id
 
 
 def test_client_cli_saves_maps_and_fails_on_errors(server: str, tmp_path: Path) -> None:
@@ -248,3 +263,60 @@ def test_triton_bad_requests_get_the_protocols_error(triton_client: triton.Infer
     assert response.status_code == 400 and set(response.json()) == {"error"}
     metrics = httpx.get(f"{server}/metrics").text
     assert 'protocol="kserve_v2",route="/v2/models/{name}/infer",status="400"' in metrics
+
+
+def test_slow_oversized_and_excess_connections_are_cut_off(bundle_dir: Path, tmp_path: Path) -> None:
+    limits = {"header_timeout_s": "1", "max_header_bytes": "8192", "max_connections": "4"}
+    with launched(bundle_dir, tmp_path / "server.log", **limits) as (_, url):
+        host, port = url.removeprefix("http://").split(":")
+        address = (host, int(port))
+        with socket.create_connection(address, timeout=15) as slow:  # slowloris: a head that never ends
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n")
+            assert slow.recv(1024) == b""  # closed by the server once the head timeout passed
+        with socket.create_connection(address, timeout=15) as big:
+            big.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000 + b"\r\n\r\n")
+            assert big.recv(1024).startswith(b"HTTP/1.1 431")
+        idle = [socket.create_connection(address, timeout=15) for _ in range(4)]
+        try:
+            assert httpx.get(f"{url}/healthz", timeout=15).status_code == 503  # over max_connections
+        finally:
+            for sock in idle:
+                sock.close()
+        for _ in range(100):  # closed connections are released
+            if httpx.get(f"{url}/healthz", timeout=15).status_code == 200:
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("connections were not released")
+
+
+def test_sigterm_lets_admitted_requests_finish(bundle_dir: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    data = encode(scene(1600, 1200, seed=11), "JPEG")
+    params = {"outputs": "saliency,overlay,attention"}
+    statuses: list[int | str] = []
+
+    def post(url: str) -> None:
+        try:
+            response = httpx.post(f"{url}/saliency", params=params, files={"image": ("a.jpg", data)}, timeout=120)
+            statuses.append(response.status_code)
+        except httpx.TransportError as exc:  # connected after the listener closed: never admitted
+            statuses.append(type(exc).__name__)
+
+    with launched(bundle_dir, log) as (process, url):
+        threads = [threading.Thread(target=post, args=(url,)) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for _ in range(500):  # wait until requests are being served
+            if 'saliency_requests_total{method="POST"' in httpx.get(f"{url}/metrics", timeout=15).text:
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(timeout=120)
+        assert process.wait(timeout=60) == 0, log.read_text()
+    answered = [s for s in statuses if isinstance(s, int)]
+    assert len(statuses) == 12 and 200 in answered
+    assert set(answered) <= {200, 503}, statuses  # finished, or refused before any work: never a 5xx error
+    messages = [r["message"] for r in log_records(log)]
+    assert any(m.startswith("shutdown signal: draining") for m in messages) and "stopped" in messages
