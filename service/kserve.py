@@ -32,6 +32,10 @@ DATATYPES: dict[str, np.dtype] = {
 }
 
 
+# JSON tensors become Python lists (~40 bytes a number): past this, a client must use the binary data extension.
+MAX_JSON_BYTES = 16 * 2**20
+
+
 class ProtocolError(Exception):
     """A request the protocol layer refuses; answered as ``{"error": message}`` with ``status``."""
 
@@ -176,6 +180,11 @@ def parse_infer_request(body: bytes, header_length: str | None) -> InferRequest:
         header_bytes, binary = body[:split], body[split:]
     else:
         header_bytes, binary = body, b""
+    if len(header_bytes) > MAX_JSON_BYTES:
+        raise ProtocolError(
+            413, f"the JSON part is over {MAX_JSON_BYTES} bytes: send large tensors as binary data "
+            "(Inference-Header-Content-Length, parameters.binary_data_size)",
+        )  # fmt: skip
     try:
         header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

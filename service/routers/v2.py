@@ -21,7 +21,6 @@ from fastapi.responses import Response
 
 from service import __version__
 from service.deps import State
-from service.errors import ServiceError
 from service.kserve import (
     InferRequest,
     InputTensor,
@@ -158,10 +157,8 @@ async def _infer_all(pipeline: Pipeline, tensor: InputTensor) -> list[dict[str, 
         batch = np.ascontiguousarray(tensor.value, dtype=np.float32)
         jobs = [pipeline.infer_tensor(batch[i]) for i in range(batch.shape[0])]
     tasks = [asyncio.ensure_future(job) for job in jobs]
-    try:
+    try:  # a ServiceError (corrupt image, 503, 504) keeps its status; the app answers it in this protocol's shape
         results = await asyncio.gather(*tasks)
-    except ServiceError as exc:
-        raise ProtocolError(exc.status, exc.message) from exc
     finally:
         for task in tasks:  # one image failed: the others' answers are not wanted any more
             task.cancel()
@@ -182,18 +179,17 @@ async def infer(
     manifest = _manifest(state, name, version)
     if not state.ready or state.pipeline is None:
         raise ProtocolError(503, "the model is not loaded yet or the server is stopping")
-    pipeline = state.pipeline
     settings = state.settings
-    body_limit = settings.max_upload_bytes * settings.max_batch_images
-    body = decompress(await request.body(), content_encoding, body_limit)
+    # A compressed body may expand to one upload's worth (the byte budget counted its compressed size).
+    body = decompress(await request.body(), content_encoding, settings.max_upload_bytes)
     parsed = parse_infer_request(body, inference_header_content_length)
     tensor = _image_input(parsed, manifest, settings.max_batch_images)
-    per_image = await _infer_all(pipeline, tensor)
     served = [o.name for o in manifest.outputs]
     wanted = parsed.outputs if parsed.outputs is not None else dict.fromkeys(served, parsed.binary_default)
     unknown = sorted(set(wanted) - set(served))
     if unknown:
         raise ProtocolError(400, f"unknown outputs {unknown}; model {manifest.name!r} has {served}")
+    per_image = await _infer_all(state.pipeline, tensor)
     outputs = [(out, np.stack([i[out] for i in per_image]).astype(np.float32), wire) for out, wire in wanted.items()]
     content, header_length = encode_infer_response(manifest.name, manifest.version, parsed.id, outputs)
     if header_length is None:

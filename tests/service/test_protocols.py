@@ -166,3 +166,9 @@ async def test_v2_gzip_request_and_unknown_output(client: httpx.AsyncClient) -> 
     assert len(output["data"]) == int(np.prod(output["shape"]))
     unknown = await client.post("/v2/models/default/infer", json=body | {"outputs": [{"name": "mask"}]})
     assert unknown.status_code == 400 and "mask" in unknown.json()["error"]
+
+
+async def test_v2_large_json_tensors_must_use_binary_data(client: httpx.AsyncClient) -> None:
+    body = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["A" * (17 * 2**20)]}]}
+    response = await client.post("/v2/models/default/infer", content=json.dumps(body).encode())
+    assert response.status_code == 413 and "binary data" in response.json()["error"]
