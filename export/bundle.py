@@ -267,7 +267,7 @@ def _int8_variant(
     calib_paths = list_images(options.calib_images, options.calib_split, limit=options.calib_count)
     int8 = work / "model.int8.onnx"
     kept_fp32 = [o.name for o in graph.outputs if o.kind in ("saliency", "attention")]
-    quantize_int8(fp32, int8, load_batch(calib_paths, ckpt.preprocess), kept_fp32)
+    quantize_int8(fp32, int8, load_batch(calib_paths, ckpt.preprocess), kept_fp32, first_layer_fp32=True)
     parity_images = load_batch(_parity_images(options, data), ckpt.preprocess)
     diffs = max_abs_diff(graph.wrapper, cpu_session(int8, options.threads), parity_images)
     speed = _speed(int8, ckpt.preprocess.input_size, options)

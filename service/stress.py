@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -271,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="default")
     parser.add_argument("--fuzz", type=int, default=2000, help="mutated images and malformed requests to send")
-    parser.add_argument("--log", type=Path, default=Path("stress_server.log"))
+    parser.add_argument("--log", type=Path, default=Path(tempfile.gettempdir()) / "saliency_stress_server.log")
     args = parser.parse_args(argv)
     server = Server(args.bundle, args.log)
     results: dict[str, Any] = {"bundle": args.bundle}

@@ -17,7 +17,7 @@ from export.checkpoint import load_checkpoint
 from export.images import list_images, load_batch
 from export.onnx_export import attention_output_name, describe_outputs, export_onnx
 from export.parity import ParityError, check_parity, cpu_session, max_abs_diff
-from export.quantize import output_logit_nodes, quantize_int8
+from export.quantize import input_conv_nodes, output_logit_nodes, quantize_int8
 from export.tensorrt import detect_tensorrt
 from service.manifest import BundleError, Manifest, load_manifest, resolve_bundle, sha256_file
 
@@ -133,7 +133,7 @@ def test_int8_shipped_only_within_accuracy_bound(exported) -> None:
         assert manifest.default_variant == "fp32"
 
 
-def test_int8_keeps_the_output_logit_convolutions_in_float(
+def test_int8_keeps_the_first_layer_and_the_output_logit_convolutions_in_float(
     exported, tiny_checkpoint: Path, fixture_images: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _, _ = exported
@@ -141,12 +141,14 @@ def test_int8_keeps_the_output_logit_convolutions_in_float(
     outputs = [o.name for o in fp32.graph.output if o.name != "embedding"]
     kept = set(output_logit_nodes(fp32, outputs))
     assert len(kept) == len(outputs)  # one logits convolution per saliency/attention output
+    first = input_conv_nodes(fp32)
+    assert len(first) == 1 and first[0] not in kept
     calibration = load_batch(list_images(fixture_images, limit=4), load_checkpoint(tiny_checkpoint).preprocess)
-    int8 = onnx.load(str(quantize_int8(out / "model.onnx", tmp_path / "q.onnx", calibration, outputs)))
+    int8 = onnx.load(str(quantize_int8(out / "model.onnx", tmp_path / "q.onnx", calibration, outputs, True)))
     assert capsys.readouterr().out == ""  # stdout carries the export's JSON report only
     dequantized = {o for n in int8.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = {n.name: n for n in int8.graph.node if n.op_type == "Conv"}
-    assert all(convs[name].input[1] not in dequantized for name in kept)  # float weights
+    assert all(convs[name].input[1] not in dequantized for name in kept | set(first))  # float weights
     assert sum(n.input[1] in dequantized for n in convs.values()) > len(convs) // 2  # the rest is int8
 
 
