@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +18,17 @@ from service.pipeline import Pipeline
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+HEAVY_THREAD_NICE = 10
+
+
+def _lower_priority() -> None:
+    """Raise the calling thread's nice value by ``HEAVY_THREAD_NICE`` (Linux schedules each thread on its own;
+    raising nice needs no privilege)."""
+    with contextlib.suppress(OSError, AttributeError):
+        thread = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread, os.getpriority(os.PRIO_PROCESS, thread) + HEAVY_THREAD_NICE)
 
 
 class ServiceState:
@@ -62,8 +75,9 @@ class ServiceState:
         self._batcher = Batcher(self.engine, self.metrics, s.max_batch_size, s.max_delay_ms, s.queue_size)
         self._batcher.start()
         pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="imaging")
-        # One thread for large images: at most one is decoded or post-processed at a time, beside the small ones.
-        heavy_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imaging-heavy")
+        # One thread for large images: at most one is decoded or post-processed at a time, beside the small ones,
+        # and at a lower CPU priority, so on busy cores the small requests' threads run first.
+        heavy_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imaging-heavy", initializer=_lower_priority)
         self._pools = [pool, heavy_pool]
         self.pipeline = Pipeline(s, self.engine, self._batcher, self.metrics, pool, heavy_pool, self.admission)
         self.ready = not self.draining

@@ -15,7 +15,7 @@ import asyncio
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Query
+from fastapi import APIRouter, Depends, File, Form, Query, Request
 from fastapi.responses import Response
 from PIL import Image, ImageFilter
 
@@ -72,6 +72,7 @@ def cutout_png(image: Image.Image, mask: np.ndarray, only_mask: bool, background
     responses={200: {"content": {"image/png": {}}, "description": "RGBA cut-out (or the mask with om=true)"}},
 )
 async def remove(
+    request: Request,
     file: Annotated[bytes, File(description="the image (JPEG, PNG, WebP, BMP, TIFF or GIF)")],
     pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
     model: Annotated[str, Form(description="this server's model name, or any rembg model name")] = "u2net",
@@ -85,6 +86,8 @@ async def remove(
     extras: Annotated[str | None, Query(description="rembg's model extras: not supported")] = None,
 ) -> Response:
     """Remove the background: the salient object kept, the rest transparent (rembg's API)."""
+    if len((await request.form()).getlist("file")) > 1:
+        raise ServiceError(422, "invalid_request", "several file fields: send one image per request")
     name = pipeline.engine.manifest.name
     if model not in REMBG_MODELS | {name, "default"}:
         raise ServiceError(422, "unknown_model", f"model {model!r}: use {name!r}, 'default' or a rembg model name")

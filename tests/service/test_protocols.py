@@ -96,6 +96,12 @@ async def test_rembg_options_it_cannot_honour_are_422(
     assert fragment in response.json()["error"]["message"]
 
 
+async def test_rembg_refuses_two_files(client: httpx.AsyncClient) -> None:
+    data = encode(scene(30, 30))
+    response = await client.post("/api/remove", files=[("file", ("a.png", data)), ("file", ("b.png", data))])
+    assert response.status_code == 422 and "several file fields" in response.json()["error"]["message"]
+
+
 async def test_rembg_url_fetching_is_refused_with_405(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/remove", params={"url": "http://169.254.169.254/latest/meta-data"})
     assert response.status_code == 405 and response.headers["allow"] == "POST"
