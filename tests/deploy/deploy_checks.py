@@ -15,8 +15,8 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "saliency.json"
 # The metric families the service exports (issue 5's contract) and their labels. Histograms also expose
 # <name>_bucket / _sum / _count, counters <name>_total.
 EXPORTED_METRICS: dict[str, tuple[str, set[str]]] = {
-    "saliency_requests": ("counter", {"route", "method", "status"}),
-    "saliency_request_latency_seconds": ("histogram", {"route"}),
+    "saliency_requests": ("counter", {"route", "method", "status", "protocol"}),
+    "saliency_request_latency_seconds": ("histogram", {"route", "protocol"}),
     "saliency_queue_wait_seconds": ("histogram", set()),
     "saliency_inference_seconds": ("histogram", set()),
     "saliency_batch_size": ("histogram", set()),
