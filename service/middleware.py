@@ -4,6 +4,7 @@ API key, admission and the body read timeout, all before the body is read (``Gua
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -115,6 +116,10 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+# An unauthenticated client's body is dropped unread up to this much, so a client with a wrong key still gets its 401.
+UNAUTHORIZED_DISCARD_BYTES = 1024 * 1024
+
+
 def authorized(authorization: str, keys: Collection[str]) -> bool:
     """Whether an ``Authorization`` header value is ``Bearer <one of keys>`` (always true when there are no keys)."""
     if not keys:
@@ -172,7 +177,8 @@ class GuardMiddleware:
         path = scope["path"]
         if not authorized(headers.get(b"authorization", b"").decode("latin-1"), self.api_keys):
             message = "missing or wrong API key: send Authorization: Bearer <key>"
-            await self._refuse(send, path, ServiceError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"}))
+            refusal = ServiceError(401, "unauthorized", message, {"WWW-Authenticate": "Bearer"})
+            await self._refuse(scope, receive, send, refusal, UNAUTHORIZED_DISCARD_BYTES)
             return
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             await self.app(scope, receive, send)
@@ -181,8 +187,8 @@ class GuardMiddleware:
         reserved = int(announced) if announced.isdigit() else self.body_limit(path)
         try:
             self.admission.admit_request(reserved)
-        except ServiceError as exc:
-            await self._refuse(send, path, exc)
+        except ServiceError as exc:  # 503 now (the body is dropped unread), or 413 (never fits: not even dropped)
+            await self._refuse(scope, receive, send, exc, self.body_limit(path) if exc.status == 503 else 0)
             return
         body_done = False
 
@@ -205,14 +211,36 @@ class GuardMiddleware:
         finally:
             self.admission.release_request(reserved)
 
-    async def _refuse(self, send: Send, path: str, exc: ServiceError) -> None:
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, exc: ServiceError, discard: int) -> None:
+        """Answer ``exc`` without the app seeing the request, before reading any of its body.
+
+        The status line and headers go out first. A client still sending its body would then see the connection
+        reset instead of the answer (uvicorn closes a connection whose request body is unread), so up to
+        ``discard`` bytes of the body are received and dropped, never stored, before the answer's body completes
+        it; a client that sent ``Expect: 100-continue`` has sent nothing and is answered at once.
+        """
         self.metrics.errors.labels(exc.code).inc()
-        await _answer(send, exc.status, self.error_body(path, exc.code, exc.message), exc.headers)
+        body, start = _refusal(exc.status, self.error_body(scope["path"], exc.code, exc.message), exc.headers)
+        await send(start)
+        if discard and dict(scope["headers"]).get(b"expect", b"").lower() != b"100-continue":
+            dropped = 0
+            with contextlib.suppress(TimeoutError):
+                while dropped <= discard:
+                    message = await asyncio.wait_for(receive(), self.body_timeout_s)
+                    dropped += len(message.get("body", b""))
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        break
+        await send({"type": "http.response.body", "body": body})
 
 
-async def _answer(send: Send, status: int, error: dict, extra_headers: dict[str, str] | None = None) -> None:
+def _refusal(status: int, error: dict, extra_headers: dict[str, str] | None) -> tuple[bytes, Message]:
     body = json.dumps(error).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in (extra_headers or {}).items()]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    return body, {"type": "http.response.start", "status": status, "headers": headers}
+
+
+async def _answer(send: Send, status: int, error: dict, extra_headers: dict[str, str] | None = None) -> None:
+    body, start = _refusal(status, error, extra_headers)
+    await send(start)
     await send({"type": "http.response.body", "body": body})

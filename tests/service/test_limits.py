@@ -9,7 +9,7 @@ import io
 import logging
 import threading
 import tracemalloc
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import httpx
 import numpy as np
@@ -118,6 +118,35 @@ def _count(metrics: object, stage: str) -> float:
     return 0.0
 
 
+async def asgi_post(app: object, path: str, headers: dict[str, str], chunks: int) -> list[str]:
+    """POST straight into the ASGI app; returns what happened, in order: body chunks read, response parts sent."""
+    events: list[str] = []
+    left = chunks
+
+    async def receive() -> dict:
+        nonlocal left
+        if left == 0:
+            return {"type": "http.disconnect"}
+        left -= 1
+        events.append("body read")
+        return {"type": "http.request", "body": b"x" * 1000, "more_body": left > 0}
+
+    async def send(message: dict) -> None:
+        events.append(f"{message['type']} {message.get('status', '')}".strip())
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+        "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "client": ("127.0.0.1", 1), "server": ("test", 80),
+    }  # fmt: skip
+    await app(scope, receive, send)  # type: ignore[operator]
+    return events
+
+
+MULTIPART = {"content-type": "multipart/form-data; boundary=x", "content-length": "3000"}
+
+
 async def test_admission_refuses_too_many_requests_before_reading_the_body(
     make_settings: Callable[..., Settings],
 ) -> None:
@@ -127,15 +156,11 @@ async def test_admission_refuses_too_many_requests_before_reading_the_body(
         admission = client.app.state.service.admission  # type: ignore[attr-defined]
         while admission.usage.requests == 0:
             await asyncio.sleep(0.01)
-        read = []
-
-        async def body() -> AsyncIterator[bytes]:
-            read.append(True)
-            yield b"x" * 100
-
-        refused = await client.post("/saliency", content=body(), headers={"Content-Type": "image/png"})
+        refused = await client.post("/saliency", files=upload(encode(scene(40, 30))))
         assert refused.status_code == 503 and "requests in flight" in refused.json()["error"]["message"]
-        assert not read  # answered without reading a byte of the body
+        # Answered first; the body on its way is then dropped (read, never stored) so that the client sees it.
+        events = await asgi_post(client.app, "/saliency", MULTIPART, chunks=3)
+        assert events == ["http.response.start 503", "body read", "body read", "body read", "http.response.body"]
         release.set()
         assert (await first).status_code == 200
 
@@ -150,16 +175,13 @@ async def test_upload_larger_than_the_whole_byte_budget_is_413(make_settings: Ca
 
 async def test_api_key_is_checked_before_the_body_is_read(make_settings: Callable[..., Settings]) -> None:
     async with running_app(make_settings(api_keys="k1")) as client:
-        read = []
-
-        async def body() -> AsyncIterator[bytes]:
-            read.append(True)
-            yield b"x" * 1000
-
         for path in ("/saliency", "/api/remove", "/v2/models/default/infer"):
-            response = await client.post(path, content=body(), headers={"Content-Type": "multipart/form-data"})
-            assert response.status_code == 401, path
-        assert not read
+            events = await asgi_post(client.app, path, MULTIPART, chunks=2)
+            assert events == ["http.response.start 401", "body read", "body read", "http.response.body"], path
+            waiting = await asgi_post(client.app, path, MULTIPART | {"expect": "100-continue"}, chunks=2)
+            assert waiting == ["http.response.start 401", "http.response.body"], path  # nothing read at all
+        response = await client.post("/saliency", files=upload(encode(scene(30, 30))))
+        assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
         assert (await client.get("/healthz")).status_code == 200  # probes stay open
         assert (await client.get("/v2/health/ready")).status_code == 200
 
