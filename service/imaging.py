@@ -159,10 +159,10 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, max_side: int | N
             if max_side is not None and fmt == "JPEG":
                 img.draft(img.mode, fit_size(img.size, max_side))
             img.load()
-            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(ImageOps.exif_transpose(img))  # RGB first: palette images would resize by nearest
             if max_side is not None and max(img.size) > max_side:
                 img = img.resize(fit_size(img.size, max_side), Image.BILINEAR, reducing_gap=2.0)
-            return _to_rgb(img)
+            return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ServiceError(413, "too_many_pixels", f"image refused as a decompression bomb: {exc}") from exc
     except ServiceError:
