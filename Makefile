@@ -37,7 +37,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(VENV)/.dev
-	$(BIN)/python -m export.bench --bundle default --checkpoint checkpoints/picanet_lite_cpu.pt
+	$(BIN)/python -m export.bench --bundle default --baseline picanet_lite_scratch
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
