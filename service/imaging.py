@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +109,21 @@ def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
     return img
 
 
+@contextlib.contextmanager
+def _pillow_errors(fmt: str) -> Iterator[None]:
+    """Pillow's failures as the service's: decompression bombs (warnings too) 413, anything else on bad data 400."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ServiceError(413, "too_many_pixels", f"image refused as a decompression bomb: {exc}") from exc
+    except ServiceError:
+        raise
+    except Exception as exc:  # Pillow's decoders raise many types (OSError, ValueError, struct.error...) on bad data
+        raise _corrupt(fmt, exc) from exc
+
+
 def read_header(data: bytes, max_bytes: int, max_pixels: int) -> ImageHeader:
     """The format and upright size of an upload from its header alone (cheap; nothing is decoded).
 
@@ -114,19 +131,11 @@ def read_header(data: bytes, max_bytes: int, max_pixels: int) -> ImageHeader:
         ServiceError: as :func:`decode_image`, for what the header alone shows.
     """
     fmt = _check_bytes(data, max_bytes)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(data, fmt, max_pixels)
-            width, height = img.size
-            if img.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSING_ORIENTATIONS:
-                width, height = height, width
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ServiceError(413, "too_many_pixels", f"image refused as a decompression bomb: {exc}") from exc
-    except ServiceError:
-        raise
-    except Exception as exc:  # Pillow's decoders raise many types (OSError, ValueError, struct.error...) on bad data
-        raise _corrupt(fmt, exc) from exc
+    with _pillow_errors(fmt):
+        img = _open(data, fmt, max_pixels)
+        width, height = img.size
+        if img.getexif().get(ExifTags.Base.Orientation) in _TRANSPOSING_ORIENTATIONS:
+            width, height = height, width
     return ImageHeader(fmt, width, height)
 
 
@@ -151,24 +160,16 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, max_side: int | N
             400 empty, truncated or corrupt.
     """
     fmt = _check_bytes(data, max_bytes)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = _open(data, fmt, max_pixels)
-            img.seek(0)
-            if max_side is not None and fmt == "JPEG":
-                img.draft(img.mode, fit_size(img.size, max_side))
-            img.load()
-            img = _to_rgb(ImageOps.exif_transpose(img))  # RGB first: palette images would resize by nearest
-            if max_side is not None and max(img.size) > max_side:
-                img = img.resize(fit_size(img.size, max_side), Image.BILINEAR, reducing_gap=2.0)
-            return img
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ServiceError(413, "too_many_pixels", f"image refused as a decompression bomb: {exc}") from exc
-    except ServiceError:
-        raise
-    except Exception as exc:  # Pillow's decoders raise many types (OSError, ValueError, struct.error...) on bad data
-        raise _corrupt(fmt, exc) from exc
+    with _pillow_errors(fmt):
+        img = _open(data, fmt, max_pixels)
+        img.seek(0)
+        if max_side is not None and fmt == "JPEG":
+            img.draft(img.mode, fit_size(img.size, max_side))
+        img.load()
+        img = _to_rgb(ImageOps.exif_transpose(img))  # RGB first: palette images would resize by nearest
+        if max_side is not None and max(img.size) > max_side:
+            img = img.resize(fit_size(img.size, max_side), Image.BILINEAR, reducing_gap=2.0)
+    return img
 
 
 def preprocess(image: Image.Image, spec: PreprocessSpec) -> np.ndarray:
