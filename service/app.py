@@ -18,7 +18,7 @@ from service.engine import Engine
 from service.errors import ServiceError
 from service.kserve import ProtocolError
 from service.metrics import ServiceMetrics
-from service.middleware import GuardMiddleware, RequestContextMiddleware
+from service.middleware import GuardMiddleware, RequestContextMiddleware, protocol_of
 from service.routers import rembg, saliency, system, v2
 from service.settings import Settings
 from service.state import ServiceState
@@ -55,7 +55,7 @@ _HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 
 def error_body(path: str, code: str, message: str) -> dict:
     """The error shape of the route's protocol: ``{"error": "..."}`` under ``/v2`` (KServe v2), else
     ``{"error": {"code", "message"}}``."""
-    if path == "/v2" or path.startswith("/v2/"):
+    if protocol_of(path) == "kserve_v2":
         return {"error": message}
     return {"error": {"code": code, "message": message}}
 

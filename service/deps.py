@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Literal
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Header, Query, Request, UploadFile
 
 from service.errors import ServiceError
 from service.pipeline import MAX_POINTS, OUTPUT_OPTIONS, Options, Pipeline
@@ -19,6 +19,20 @@ def get_state(request: Request) -> ServiceState:
 
 
 State = Annotated[ServiceState, Depends(get_state)]
+
+
+async def read_upload(upload: UploadFile, limit: int, what: str) -> bytes:
+    """An uploaded file's bytes, 413 past ``limit``: one byte past it is read, never the whole of a huge file."""
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ServiceError(413, "upload_too_large", f"{what} is over the {limit}-byte limit")
+    return data
+
+
+async def require_single_field(request: Request, field: str, hint: str = "send one image per request") -> None:
+    """422 when the multipart form repeats ``field`` (the framework would silently keep the last one)."""
+    if len((await request.form()).getlist(field)) > 1:
+        raise ServiceError(422, "invalid_request", f"several {field} fields: {hint}")
 
 
 def ready_pipeline(state: State) -> Pipeline:

@@ -15,11 +15,11 @@ import asyncio
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Query, Request
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from PIL import Image, ImageFilter
 
-from service.deps import ready_pipeline
+from service.deps import read_upload, ready_pipeline, require_single_field
 from service.errors import ServiceError
 from service.imaging import encode_png, to_uint8
 from service.pipeline import Pipeline
@@ -73,7 +73,7 @@ def cutout_png(image: Image.Image, mask: np.ndarray, only_mask: bool, background
 )
 async def remove(
     request: Request,
-    file: Annotated[bytes, File(description="the image (JPEG, PNG, WebP, BMP, TIFF or GIF)")],
+    file: Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, BMP, TIFF or GIF)")],
     pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
     model: Annotated[str, Form(description="this server's model name, or any rembg model name")] = "u2net",
     a: Annotated[bool, Form(description="alpha matting: not implemented, true answers 422")] = False,
@@ -86,8 +86,7 @@ async def remove(
     extras: Annotated[str | None, Query(description="rembg's model extras: not supported")] = None,
 ) -> Response:
     """Remove the background: the salient object kept, the rest transparent (rembg's API)."""
-    if len((await request.form()).getlist("file")) > 1:
-        raise ServiceError(422, "invalid_request", "several file fields: send one image per request")
+    await require_single_field(request, "file")
     name = pipeline.engine.manifest.name
     if model not in REMBG_MODELS | {name, "default"}:
         raise ServiceError(422, "unknown_model", f"model {model!r}: use {name!r}, 'default' or a rembg model name")
@@ -97,10 +96,9 @@ async def remove(
         )
     if extras is not None:
         raise ServiceError(422, "option_not_supported", "extras (rembg's SAM prompts) is not supported")
-    if len(file) > pipeline.settings.max_upload_bytes:
-        raise ServiceError(413, "upload_too_large", f"file is over the {pipeline.settings.max_upload_bytes}-byte limit")
     background = parse_colour(bgc) if bgc is not None and not om else None
-    image, saliency = await pipeline.saliency_of(file)
+    data = await read_upload(file, pipeline.settings.max_upload_bytes, "file")
+    image, saliency = await pipeline.saliency_of(data)
 
     def render() -> bytes:
         mask = to_uint8(saliency)

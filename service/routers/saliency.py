@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Request, UploadFile
 from fastapi.responses import Response
 
-from service.deps import State, parse_options, ready_pipeline
+from service.deps import State, parse_options, read_upload, ready_pipeline, require_single_field
 from service.errors import ServiceError
 from service.pipeline import Options, Pipeline
 from service.schemas import BatchResponse, ErrorResponse, ImageResult, ModelRef, SaliencyResponse
@@ -37,14 +37,6 @@ def _model_ref(pipeline: Pipeline) -> ModelRef:
     return ModelRef(name=info.manifest.name, version=info.manifest.version, variant=info.variant)
 
 
-async def _read(upload: UploadFile, limit: int, what: str) -> bytes:
-    # Read one byte past the limit: enough to know it is too big without holding a huge file.
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise ServiceError(413, "upload_too_large", f"{what} is over the {limit}-byte limit")
-    return data
-
-
 @router.post(
     "/saliency",
     response_model=SaliencyResponse,
@@ -57,9 +49,8 @@ async def saliency(
     options: OptionsDep,
 ) -> SaliencyResponse | Response:
     """Saliency map (and optionally attention at query points, an overlay) of one image."""
-    if len((await request.form()).getlist("image")) > 1:
-        raise ServiceError(422, "invalid_request", "several image fields: send one, or use /saliency/batch")
-    data = await _read(image, pipeline.settings.max_upload_bytes, "image")
+    await require_single_field(request, "image", "send one, or use /saliency/batch")
+    data = await read_upload(image, pipeline.settings.max_upload_bytes, "image")
     if options.png:
         return Response(content=await pipeline.run_png(data, options), media_type="image/png")
     result = await pipeline.run(data, options)
@@ -80,7 +71,7 @@ async def saliency_batch(
         raise ServiceError(413, "too_many_images", f"{len(images)} images; at most {limit} per batch request")
     if options.png:
         raise ServiceError(422, "invalid_option", "format=png answers one image; use JSON for /saliency/batch")
-    datas = [await _read(f, pipeline.settings.max_upload_bytes, f"images[{i}]") for i, f in enumerate(images)]
+    datas = [await read_upload(f, pipeline.settings.max_upload_bytes, f"images[{i}]") for i, f in enumerate(images)]
 
     async def one(index: int, data: bytes) -> ImageResult:
         try:
