@@ -311,17 +311,19 @@ class Pipeline:
     async def _admitted(
         self, data: bytes, deadline: Deadline
     ) -> AsyncIterator[tuple[ImageHeader, ThreadPoolExecutor, list]]:
-        """The upload's header read and its pixels reserved (503 when the pixel budget is full), and the pool that
-        will serve it; the reservation is returned when the request (and any thread still working for it) ends."""
-        header = await self._in_thread(self.pool, deadline, "reading the image header", [], self._header, data)
-        self.admission.admit_pixels(header.pixels)
-        release = [lambda: self.admission.release_pixels(header.pixels)]
-        pool = self.heavy_pool if header.pixels > self.settings.heavy_pixels else self.pool
-        try:
-            yield header, pool, release
-        finally:
-            for undo in release:
-                undo()
+        """The request counted as active, the upload's header read and its pixels reserved (503 when the pixel budget
+        is full), and the pool that will serve it; the reservation is returned when the request (and any thread
+        still working for it) ends."""
+        with self._tracked():
+            header = await self._in_thread(self.pool, deadline, "reading the image header", [], self._header, data)
+            self.admission.admit_pixels(header.pixels)
+            release = [lambda: self.admission.release_pixels(header.pixels)]
+            pool = self.heavy_pool if header.pixels > self.settings.heavy_pixels else self.pool
+            try:
+                yield header, pool, release
+            finally:
+                for undo in release:
+                    undo()
 
     async def _decode_and_infer(
         self, data: bytes, options: Options, deadline: Deadline, pool: ThreadPoolExecutor, header: ImageHeader,
@@ -339,12 +341,11 @@ class Pipeline:
             ServiceError: bad image (400/413/415), bad points (422), over capacity (503), deadline (504).
         """
         deadline = Deadline(self.settings.request_timeout_s)
-        with self._tracked():
-            async with self._admitted(data, deadline) as (header, pool, release):
-                decoded, result = await self._decode_and_infer(data, options, deadline, pool, header, release)
-                fields, post_s = await self._in_thread(
-                    pool, deadline, "post-processing", release, self._postprocess, decoded, result, options, deadline
-                )
+        async with self._admitted(data, deadline) as (header, pool, release):
+            decoded, result = await self._decode_and_infer(data, options, deadline, pool, header, release)
+            fields, post_s = await self._in_thread(
+                pool, deadline, "post-processing", release, self._postprocess, decoded, result, options, deadline
+            )
         return ImageResult(
             image=ImageSize(width=header.width, height=header.height),
             batch_size=result.batch_size,
@@ -364,12 +365,11 @@ class Pipeline:
             ServiceError: bad image (400/413/415), over capacity (503), deadline (504).
         """
         deadline = Deadline(self.settings.request_timeout_s)
-        with self._tracked():
-            async with self._admitted(data, deadline) as (header, pool, release):
-                decoded, result = await self._decode_and_infer(data, options, deadline, pool, header, release)
-                return await self._in_thread(
-                    pool, deadline, "post-processing", release, self._encode_saliency_png, decoded, result, deadline
-                )
+        async with self._admitted(data, deadline) as (header, pool, release):
+            decoded, result = await self._decode_and_infer(data, options, deadline, pool, header, release)
+            return await self._in_thread(
+                pool, deadline, "post-processing", release, self._encode_saliency_png, decoded, result, deadline
+            )
 
     async def infer_encoded(self, data: bytes) -> InferenceResult:
         """One uploaded image decoded, preprocessed and run through the batcher: the raw model outputs.
@@ -378,13 +378,12 @@ class Pipeline:
             ServiceError: bad image (400/413/415), over capacity (503), deadline (504).
         """
         deadline = Deadline(self.settings.request_timeout_s)
-        with self._tracked():
-            async with self._admitted(data, deadline) as (header, pool, release):
-                side = self.settings.max_map_side  # decoded as /saliency does, so the maps agree
-                decoded = await self._in_thread(
-                    pool, deadline, "decoding", release, self._decode, data, header, side, deadline
-                )
-                return await self._infer(decoded.tensor, deadline)
+        async with self._admitted(data, deadline) as (header, pool, release):
+            side = self.settings.max_map_side  # decoded as /saliency does, so the maps agree
+            decoded = await self._in_thread(
+                pool, deadline, "decoding", release, self._decode, data, header, side, deadline
+            )
+            return await self._infer(decoded.tensor, deadline)
 
     async def infer_tensor(self, tensor: np.ndarray) -> InferenceResult:
         """One already preprocessed ``[3,S,S]`` float32 input run through the batcher: the raw model outputs.
@@ -402,10 +401,9 @@ class Pipeline:
             ServiceError: bad image (400/413/415), over capacity (503), deadline (504).
         """
         deadline = Deadline(self.settings.request_timeout_s)
-        with self._tracked():
-            async with self._admitted(data, deadline) as (header, pool, release):
-                decoded, result = await self._decode_and_infer(data, Options(), deadline, pool, header, release)
-                saliency = await self._in_thread(
-                    pool, deadline, "post-processing", release, self._saliency_map, result, decoded.image.size
-                )
+        async with self._admitted(data, deadline) as (header, pool, release):
+            decoded, result = await self._decode_and_infer(data, Options(), deadline, pool, header, release)
+            saliency = await self._in_thread(
+                pool, deadline, "post-processing", release, self._saliency_map, result, decoded.image.size
+            )
         return decoded.image, saliency
