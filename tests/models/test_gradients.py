@@ -21,8 +21,10 @@ SMALLEST_INPUT = {
     "picanet_vgg16": 112,
     "picanet_effl0": 64,
     "class_lite": 64,
+    "class_effl0": 64,
     "class_resnet50": 64,
     "arn_lite": 64,
+    "arn_effl0": 64,
     "arn_vgg16": 64,
 }
 # picanet_vgg16 at 224 takes 40-90 s for forward+backward on one shared core; at 112 its GAP grid must shrink
