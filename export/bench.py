@@ -1,10 +1,12 @@
 """Benchmark a bundle: per variant and batch size, median and p90 ms per image, and speed vs PyTorch eager.
 
 python -m export.bench --bundle NAME_OR_DIR [--runs 30] [--threads 2] [--checkpoint PATH] [--baseline NAME_OR_DIR]
+    [--also NAME,NAME]
 
 PyTorch eager runs from the bundle's source checkpoint (``manifest.source.checkpoint``, or ``--checkpoint``)
 when that file exists. ``--baseline`` times another bundle's ONNX Runtime variants in the same loop (runners
-interleaved per batch size, so both see the same machine load) and reports the latency ratio. Inputs are
+interleaved per batch size, so both see the same machine load) and reports the latency ratio; ``--also`` times
+more bundles in that loop (results ``<bundle>:ort_<variant>``), e.g. every model a server serves. Inputs are
 fixed-seed normal noise: latency does not depend on pixel values here. Prints one JSON object.
 """
 
@@ -66,10 +68,15 @@ def _ort_runners(folder: Path, threads: int, prefix: str, skipped: dict[str, str
 
 
 def bench(
-    bundle: str, runs: int = 30, threads: int = 2, checkpoint: Path | None = None, baseline: str | None = None
+    bundle: str,
+    runs: int = 30,
+    threads: int = 2,
+    checkpoint: Path | None = None,
+    baseline: str | None = None,
+    also: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Time every runnable variant of a bundle (and PyTorch eager if its checkpoint is here) at batch 1 and 8,
-    and those of a ``baseline`` bundle in the same loop."""
+    and those of a ``baseline`` bundle and of the ``also`` bundles in the same loop."""
     folder = resolve_bundle(bundle)
     manifest = load_manifest(folder)
     size = manifest.preprocess.input_size
@@ -86,6 +93,9 @@ def bench(
         baseline_folder = resolve_bundle(baseline)
         baseline_manifest = load_manifest(baseline_folder)
         runners |= _ort_runners(baseline_folder, threads, "baseline_", skipped)
+    for other in also:
+        other_folder = resolve_bundle(other)
+        runners |= _ort_runners(other_folder, threads, f"{other_folder.name}:", skipped)
     rng = np.random.default_rng(0)
     results: dict[str, dict[str, Any]] = {}
     for batch in BATCH_SIZES:
@@ -108,7 +118,7 @@ def bench(
                     b: round(t["median_ms_per_image"] / reference[b]["median_ms_per_image"], 3) for b, t in r.items()
                 }
                 for name, r in results.items()
-                if name.startswith("ort_")
+                if name.startswith("ort_") or ":ort_" in name
             },
         }
     return {
@@ -134,8 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for ORT and torch")
     parser.add_argument("--checkpoint", type=Path, help="checkpoint for PyTorch eager (default: manifest source)")
     parser.add_argument("--baseline", help="another bundle to time in the same loop (latency ratio reported)")
+    parser.add_argument("--also", default="", help="comma list of more bundles to time in the same loop")
     args = parser.parse_args(argv)
-    print(json.dumps(bench(args.bundle, args.runs, args.threads, args.checkpoint, args.baseline), indent=2))
+    also = tuple(name.strip() for name in args.also.split(",") if name.strip())
+    print(json.dumps(bench(args.bundle, args.runs, args.threads, args.checkpoint, args.baseline, also), indent=2))
     return 0
 
 

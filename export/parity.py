@@ -48,6 +48,28 @@ def max_abs_diff(
     return worst
 
 
+def top_weight_agreement(
+    reference: ort.InferenceSession,
+    candidate: ort.InferenceSession,
+    images: np.ndarray,
+    names: list[str],
+    batch_size: int = 2,
+) -> dict[str, float]:
+    """For per-pixel attention outputs ``[B,K,h,w]``: the fraction of pixels whose largest weight sits on the same
+    cell in both sessions (what a user reads from a clicked pixel's attention)."""
+    same = dict.fromkeys(names, 0)
+    total = dict.fromkeys(names, 0)
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        expected = reference.run(names, {INPUT_NAME: batch})
+        got = candidate.run(names, {INPUT_NAME: batch})
+        for name, e, g in zip(names, expected, got, strict=True):
+            top_e, top_g = e.argmax(axis=1), g.argmax(axis=1)
+            same[name] += int((top_e == top_g).sum())
+            total[name] += top_e.size
+    return {name: same[name] / total[name] for name in names if total[name]}
+
+
 def check_parity(diffs: dict[str, float], tolerance: float, what: str) -> None:
     """Raise :class:`ParityError` naming every output whose difference exceeds ``tolerance``."""
     bad = {k: v for k, v in diffs.items() if not v <= tolerance}  # `not <=` also catches NaN

@@ -70,11 +70,17 @@ class ImageCalibrationReader(CalibrationDataReader):
 CALIBRATION_PERCENTILE = 99.9
 
 
+# Ops that only move values: the attention weights pass through them unchanged on their way to an output.
+SHAPE_OPS = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity"})
+
+
 def output_logit_nodes(model: onnx.ModelProto, outputs: list[str]) -> list[str]:
     """Nodes that produce each named output directly or through one Softmax/Sigmoid (its logits conv).
 
     Quantizing the logits of a softmax shifts every weight of the pixel's distribution, and the saliency logits are
-    what the user sees, so those convolutions stay fp32 (cheap: one 1×1 conv per output).
+    what the user sees, so those convolutions stay fp32 (cheap: one 1×1 conv per output). Self-attention logits
+    are a MatMul of two 1×1 projections; its sharp softmax moved its peak to another position for a third of the
+    pixels when the projections were int8, so they stay fp32 as well.
     """
     producer = {out: node for node in model.graph.node for out in node.output}
     excluded = []
@@ -82,8 +88,49 @@ def output_logit_nodes(model: onnx.ModelProto, outputs: list[str]) -> list[str]:
         node = producer.get(name)
         while node is not None and node.op_type not in ("Conv", "MatMul"):
             node = producer.get(node.input[0])
-        if node is not None:
-            excluded.append(node.name)
+        if node is None:
+            continue
+        excluded.append(node.name)
+        if node.op_type == "MatMul":  # self-attention logits f(x)ᵀg(x): its query/key projections too
+            for tensor in node.input:
+                source = producer.get(tensor)
+                while source is not None and source.op_type in SHAPE_OPS:
+                    source = producer.get(source.input[0])
+                if source is not None and source.op_type == "Conv":
+                    excluded.append(source.name)
+    return excluded
+
+
+def attention_consumer_nodes(model: onnx.ModelProto, outputs: list[str]) -> list[str]:
+    """Convolutions and MatMuls that read an output's softmax/sigmoid weights (directly or through shape-only ops).
+
+    Quantizing such a node puts a Q/DQ pair on the weights, and the graph output then reads the quantized copy: a
+    softmax over hundreds of positions, calibrated to a percentile of its mostly tiny values, clips its few large
+    weights (ARN's self-attention lost up to 0.99 of a weight that way), so these nodes stay fp32.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    excluded: list[str] = []
+    for name in outputs:
+        node = producer.get(name)
+        while node is not None and node.op_type in SHAPE_OPS:
+            node = producer.get(node.input[0])
+        if node is None or node.op_type not in ("Softmax", "Sigmoid"):
+            continue
+        pending, seen = list(node.output), set()
+        while pending:
+            tensor = pending.pop()
+            for consumer in consumers.get(tensor, []):
+                if consumer.name in seen:
+                    continue
+                seen.add(consumer.name)
+                if consumer.op_type in SHAPE_OPS:
+                    pending.extend(consumer.output)
+                elif consumer.op_type in QUANTIZED_OPS and consumer.name not in excluded:
+                    excluded.append(consumer.name)
     return excluded
 
 
@@ -121,7 +168,8 @@ def quantize_int8(
         fp32_path: the exported fp32 model.
         out_path: where to write the int8 model.
         calibration_images: real images, preprocessed (see :class:`ImageCalibrationReader`).
-        fp32_outputs: names of the outputs (saliency, attention) whose logits convolutions stay fp32.
+        fp32_outputs: names of the outputs (saliency, attention) whose logits convolutions, and the nodes that read
+            their attention weights, stay fp32.
         first_layer_fp32: keep the convolution that reads the input image in fp32 too.
 
     Returns:
@@ -133,7 +181,7 @@ def quantize_int8(
         # Shape inference + ORT's basic graph cleanup before quantization, as the ORT docs recommend.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
         model = onnx.load(str(prepared))
-        excluded = output_logit_nodes(model, fp32_outputs)
+        excluded = output_logit_nodes(model, fp32_outputs) + attention_consumer_nodes(model, fp32_outputs)
         if first_layer_fp32:
             excluded += input_conv_nodes(model)
         log.info("int8: quantizing %s, keeping %d nodes in fp32: %s", QUANTIZED_OPS, len(excluded), excluded)

@@ -35,6 +35,10 @@ class SelfAttention(nn.Module):
 
     Args:
         channels: C.
+
+    Returns (forward): ``y`` ``[B,C,H,W]`` and the attention weights ``[B,H*W,H,W]``: channel ``i`` at pixel ``j``
+    is ``beta_{j,i}``, so each pixel's channels are its softmax over every position of the map (a "global"
+    attention map whose grid is the whole map).
     """
 
     def __init__(self, channels: int) -> None:
@@ -45,12 +49,13 @@ class SelfAttention(nn.Module):
         self.h = nn.Conv2d(channels, channels, 1)
         self.gamma = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         b, c, height, width = x.shape
         f, g, h = self.f(x).flatten(2), self.g(x).flatten(2), self.h(x).flatten(2)
         beta = torch.softmax(torch.bmm(g.transpose(1, 2), f), dim=-1)  # [B, N_j, N_i], rows sum to 1
-        out = torch.bmm(h, beta.transpose(1, 2))  # [B, C, N_j]
-        return self.gamma * out.reshape(b, c, height, width) + x
+        weights = beta.transpose(1, 2)  # [B, N_i, N_j]
+        out = torch.bmm(h, weights)  # [B, C, N_j]
+        return self.gamma * out.reshape(b, c, height, width) + x, weights.reshape(b, height * width, height, width)
 
 
 class RecurrentConvLayer(nn.Module):
@@ -103,8 +108,11 @@ class ARN(nn.Module):
         steps: RCL recurrent steps T.
         attention_stages: stages (5, 4, 3, 2) whose attended map goes through self-attention; the paper uses all.
         input_size: nominal square input side.
+        exported_attention: attention stages whose weights ``forward`` returns (``self/s5``...): an N-position map
+            answers N×N weights, so only the coarse stages are worth returning.
 
-    Returns (forward): :class:`ModelOutput` with side outputs ``[S5, S4, S3, S2]``, logits at each stage's stride.
+    Returns (forward): :class:`ModelOutput` with side outputs ``[S5, S4, S3, S2]``, logits at each stage's stride,
+    and ``attention["self/s<stage>"]`` ``[B,N,h,w]``: each pixel's self-attention over the whole map.
     """
 
     def __init__(
@@ -116,6 +124,7 @@ class ARN(nn.Module):
         steps: int = 3,
         attention_stages: Sequence[int] = (5, 4, 3, 2),
         input_size: int = 224,
+        exported_attention: Sequence[int] = (5,),
     ) -> None:
         super().__init__()
         self.encoder = encoder
@@ -129,6 +138,8 @@ class ARN(nn.Module):
         if unknown:
             raise ValueError(f"attention_stages must be among 5, 4, 3, 2; got {sorted(unknown)}")
         self.attention_stages = tuple(sorted(attention_stages, reverse=True))
+        self.exported_attention = tuple(s for s in self.attention_stages if s in exported_attention)
+        self.stage_strides = {stage: strides[stage - 2] for stage in (2, 3, 4, 5)}
         self.top = ConvBNReLU(enc_channels[top_level], channels, 3)
         self.rcls = nn.ModuleList(RecurrentConvLayer(enc_channels[i], channels, steps) for i in side_levels)
         self.upsamplers = nn.ModuleList(make_upsampler(channels, strides[k + 1] // strides[k]) for k in range(3))
@@ -138,12 +149,22 @@ class ARN(nn.Module):
         init_weights(nn.ModuleList([m for name, m in self.named_children() if name != "encoder"]))
 
     def attention_geometry(self) -> list[AttentionGeometry]:
-        """ARN's self-attention is position-to-position over the whole map: no per-pixel map is exported."""
-        return []
+        """Each exported self-attention map as a "global" grid covering the whole map (dilation 1, no offset)."""
+        geometry = []
+        for stage in self.exported_attention:
+            stride = self.stage_strides[stage]
+            side = self.input_size // stride
+            geometry.append(AttentionGeometry(f"self/s{stage}", "global", side, 1, stride, 0, "softmax"))
+        return geometry
 
-    def _attend(self, stage: int, x: Tensor) -> Tensor:
+    def _attend(self, stage: int, x: Tensor, attention: dict[str, Tensor]) -> Tensor:
         key = str(stage)
-        return self.attention[key](x) if key in self.attention else x
+        if key not in self.attention:
+            return x
+        y, weights = self.attention[key](x)
+        if stage in self.exported_attention:
+            attention[f"self/s{stage}"] = weights
+        return y
 
     def forward(self, x: Tensor) -> ModelOutput:
         if x.shape[-2] % self.max_stride or x.shape[-1] % self.max_stride:
@@ -152,14 +173,15 @@ class ARN(nn.Module):
                 f"resize to the model's input_size ({self.input_size})"
             )
         feats = self.encoder(x)
-        attended = self._attend(5, self.top(feats[self.top_level]))
+        attention: dict[str, Tensor] = {}
+        attended = self._attend(5, self.top(feats[self.top_level]), attention)
         sides = [self.sides[0](attended)]
         for k in reversed(range(3)):  # stages 4, 3, 2
             side = self.rcls[k](feats[self.side_levels[k]])
             merged = self.merges[k](torch.cat([self.upsamplers[k](attended), side], dim=1))
-            attended = self._attend(k + 2, merged)
+            attended = self._attend(k + 2, merged, attention)
             sides.append(self.sides[3 - k](attended))
-        return ModelOutput(saliency=sides)
+        return ModelOutput(saliency=sides, attention=attention)
 
 
 @register_model("arn_vgg16", paper=_PAPER)
@@ -199,7 +221,8 @@ def arn_effl0(
     L2, L3, L4 are the encoder's stride-4/8/16 levels and S5 its stride-32 level (VGG16's Conv2_2…Conv5_3 sit at
     strides 2…16: every stage here is one octave coarser, so S5 is 7×7). C = 64 and T = 3 as chosen for the paper
     model. Deviation: no self-attention at stage 2 (56×56, N = 3,136 positions: its N×N matrix would cost more
-    than the rest of the network on 2 CPU cores). Load the ImageNet weights with ``model.encoder.load_pretrained()``.
+    than the rest of the network on 2 CPU cores). Stages 5 and 4 (7×7 and 14×14) return their attention weights.
+    Load the ImageNet weights with ``model.encoder.load_pretrained()``.
     """
     encoder = EfficientNetLite(variant)
-    return ARN(encoder, (1, 2, 3), 4, channels, steps, attention_stages, input_size)
+    return ARN(encoder, (1, 2, 3), 4, channels, steps, attention_stages, input_size, exported_attention=(5, 4))

@@ -14,11 +14,11 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
-from service.engine import Engine
 from service.errors import ServiceError
 from service.kserve import ProtocolError
 from service.metrics import ServiceMetrics
 from service.middleware import GuardMiddleware, RequestContextMiddleware, protocol_of
+from service.repository import ModelRepository
 from service.routers import rembg, saliency, system, v2
 from service.settings import Settings
 from service.state import ServiceState
@@ -96,16 +96,16 @@ def _install_error_handlers(app: FastAPI, metrics: ServiceMetrics) -> None:
         return answer(request, ServiceError(500, "internal_error", message))
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """A ready-to-serve app; the model loads (unless ``engine`` is given) and warms up in its lifespan.
+def create_app(settings: Settings | None = None, repository: ModelRepository | None = None) -> FastAPI:
+    """A ready-to-serve app; the models load and warm up in its lifespan unless ``repository`` is given.
 
     Args:
         settings: defaults to reading the environment.
-        engine: an already loaded engine to serve.
+        repository: already loaded models to serve.
     """
     settings = settings or Settings()
     metrics = ServiceMetrics()
-    state = ServiceState(settings, metrics, engine)
+    state = ServiceState(settings, metrics, repository)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -118,7 +118,10 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     # The API docs' JavaScript and CSS come from the installed fastapi-offline wheel, not a CDN.
     app = FastAPIOffline(
         title="Saliency service",
-        description="Salient object detection with PiCANet-family models: saliency maps, pixel-wise attention.",
+        description=(
+            "Salient object detection with the PiCANet, CLASS and ARN models side by side: saliency maps, "
+            "pixel-wise attention, model comparison."
+        ),
         version=__version__,
         lifespan=lifespan,
         static_url=DOCS_ASSETS,

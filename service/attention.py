@@ -1,4 +1,5 @@
-"""Place a query pixel's attention weights on the image, using the bundle's ``AttentionSpec`` geometry.
+"""Place a query pixel's attention weights on the image, using the bundle's ``AttentionSpec`` geometry, and sum
+an attention output up as one image-level map.
 
 A query point in image pixels maps to a feature pixel of the attention output (through the stretch resize to the
 network input and the output's stride). Its ``grid²`` weights sit on feature cells given by the spec (global: a
@@ -111,6 +112,43 @@ def place_attention(
     heatmap = np.clip(resize_map(canvas, heatmap_size or image_size), 0.0, 1.0)
     centres = cell_centres(cells, spec.stride, input_size, image_size)
     return PlacedAttention(cell, cells, values, centres, inside, heatmap)
+
+
+# What the image-level map of each attention kind shows (see :func:`attention_summary`).
+SUMMARY_OF_KIND = {"global": "received", "local": "spread", "spatial": "map"}
+
+
+def attention_summary(weights: np.ndarray, spec: AttentionSpec) -> np.ndarray:
+    """One image's attention output summed up as one value per feature cell ``[h, w]``: where the model looked.
+
+    - ``global`` (PiCANet's GAP, ARN's self-attention): attention **received**: the mean, over every pixel of the
+      map, of the weight that pixel gives each grid cell (cells off the grid receive nothing). For a softmax the
+      values sum to 1 over the grid.
+    - ``local`` (PiCANet's LAP/AC windows): attention **spread**: the weight-averaged distance, in feature cells,
+      from a pixel to the cells it weighs (0 = it looks only at itself); for sigmoid gates, normalised by their sum.
+    - ``spatial`` (CLASS's FFM maps, the attention baselines): the map itself.
+
+    Args:
+        weights: ``[grid², h, w]`` (``[1, h, w]`` for spatial maps), as the model output them for one image.
+        spec: the output's geometry from the manifest.
+    """
+    values = weights.astype(np.float64)
+    height, width = values.shape[1:]
+    if spec.kind == "spatial":
+        return values[0].astype(np.float32)
+    if spec.kind == "global":
+        received = values.reshape(spec.grid * spec.grid, -1).mean(axis=1)
+        cells = grid_cells(spec, (0, 0))
+        inside = (cells[:, 0] >= 0) & (cells[:, 0] < height) & (cells[:, 1] >= 0) & (cells[:, 1] < width)
+        canvas = np.zeros((height, width))
+        np.add.at(canvas, (cells[inside, 0], cells[inside, 1]), received[inside])
+        return canvas.astype(np.float32)
+    offsets = (np.arange(spec.grid) - spec.grid // 2) * spec.dilation
+    rows, cols = np.meshgrid(offsets, offsets, indexing="ij")
+    distance = np.hypot(rows, cols).ravel()[:, None, None]
+    total = values.sum(axis=0)
+    spread = (values * distance).sum(axis=0) / np.where(total > 0, total, 1.0)
+    return spread.astype(np.float32)
 
 
 def extreme_points(saliency: np.ndarray) -> list[tuple[int, int]]:

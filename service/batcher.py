@@ -58,13 +58,18 @@ class Batcher:
         max_batch_size: most images per ONNX Runtime call.
         max_delay_ms: how long the first image of a batch waits for company.
         queue_size: most images waiting; more are refused with :class:`QueueFullError`.
+        model: the ``model`` label of its metrics.
     """
 
     def __init__(
-        self, engine: Engine, metrics: ServiceMetrics, max_batch_size: int, max_delay_ms: float, queue_size: int
-    ) -> None:
+        self, engine: Engine, metrics: ServiceMetrics, max_batch_size: int, max_delay_ms: float, queue_size: int,
+        model: str,
+    ) -> None:  # fmt: skip
         self._engine = engine
-        self._metrics = metrics
+        self._queue_depth = metrics.queue_depth.labels(model)
+        self._queue_wait = metrics.queue_wait_seconds.labels(model)
+        self._inference_seconds = metrics.inference_seconds.labels(model)
+        self._batch_size = metrics.batch_size.labels(model)
         self._max_batch = max_batch_size
         self._max_delay = max_delay_ms / 1000.0
         self._queue_size = queue_size
@@ -96,7 +101,7 @@ class Batcher:
             raise QueueFullError("draining" if self._draining else "queue full")
         pending = _Pending(image, asyncio.get_running_loop().create_future())
         self._queue.put_nowait(pending)
-        self._metrics.queue_depth.set(self._queue.qsize())
+        self._queue_depth.set(self._queue.qsize())
         try:
             return await asyncio.wait_for(asyncio.shield(pending.future), timeout_s)
         except TimeoutError:
@@ -118,7 +123,7 @@ class Batcher:
                 batch.append(await asyncio.wait_for(self._queue.get(), remaining))
             except TimeoutError:
                 break
-        self._metrics.queue_depth.set(self._queue.qsize())
+        self._queue_depth.set(self._queue.qsize())
         return [p for p in batch if not p.future.done()]
 
     async def _collect(self) -> None:
@@ -142,11 +147,11 @@ class Batcher:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
-        self._metrics.inference_seconds.observe(seconds)
-        self._metrics.batch_size.observe(len(batch))
+        self._inference_seconds.observe(seconds)
+        self._batch_size.observe(len(batch))
         for index, pending in enumerate(batch):
             queue_s = started - pending.enqueued
-            self._metrics.queue_wait_seconds.observe(queue_s)
+            self._queue_wait.observe(queue_s)
             if pending.future.done():
                 continue
             mine = {name: value[index] for name, value in outputs.items()}

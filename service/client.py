@@ -1,4 +1,4 @@
-"""``python -m service.client IMAGES... --url URL --out DIR [--outputs saliency,attention,overlay]``.
+"""``python -m service.client IMAGES... --url URL --out DIR [--outputs saliency,attention,overlay] [--model NAME]``.
 
 For each image, writes ``<stem>.saliency.png`` (and ``<stem>.overlay.png``, ``<stem>.attention<p>.<output>.png``
 when asked) plus ``<stem>.json`` (the response without the base64 blobs). Prints one JSON summary line; exits 1 if
@@ -46,11 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--outputs", default="saliency", help="comma list: saliency, attention, overlay")
     parser.add_argument("--points", help="attention query points 'x,y;x,y'")
+    parser.add_argument("--model", help="a served model's name (GET /models); default: the server's default")
     parser.add_argument("--api-key", help="sent as Authorization: Bearer")
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     params = {"outputs": args.outputs} | ({"points": args.points} if args.points else {})
+    params |= {"model": args.model} if args.model else {}
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     failures: list[dict[str, str]] = []
     written = 0

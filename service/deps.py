@@ -35,13 +35,29 @@ async def require_single_field(request: Request, field: str, hint: str = "send o
         raise ServiceError(422, "invalid_request", f"several {field} fields: {hint}")
 
 
-def ready_pipeline(state: State) -> Pipeline:
-    """The pipeline, or 503 while the model is loading or the server is draining."""
-    if not state.ready or state.pipeline is None:
+MODEL_HELP = "the model's name (see GET /models); default: the server's default model"
+
+
+def served_pipeline(state: ServiceState, request: Request, model: str | None) -> Pipeline:
+    """The pipeline of the named model (``None`` or ``default``: the default); 422 for a name not served, 503 while
+    the models load or the server drains. Labels the request's metrics with the model's name."""
+    repository = state.repository
+    served = repository.find(model) if repository is not None else None
+    if repository is not None and served is None:
+        raise ServiceError(422, "unknown_model", repository.unknown_message(str(model)))
+    if not state.ready or served is None or served.pipeline is None:
         raise ServiceError(
-            503, "not_ready", "the model is not loaded yet or the server is stopping", {"Retry-After": "1"}
+            503, "not_ready", "the models are not loaded yet or the server is stopping", {"Retry-After": "1"}
         )
-    return state.pipeline
+    request.state.model = served.name
+    return served.pipeline
+
+
+def ready_pipeline(
+    state: State, request: Request, model: Annotated[str | None, Query(description=MODEL_HELP)] = None
+) -> Pipeline:
+    """The pipeline of the model the ``model`` query parameter names (see :func:`served_pipeline`)."""
+    return served_pipeline(state, request, model)
 
 
 def _parse_points(text: str) -> list[tuple[float, float]]:
@@ -67,20 +83,16 @@ def parse_options(
     outputs: Annotated[str, Query(description="comma list of saliency, attention, overlay, groups")] = "saliency",
     points: Annotated[str | None, Query(description=POINTS_HELP)] = None,
     format: Annotated[Literal["json", "png"] | None, Query(description="json (default) or png")] = None,
-    model: Annotated[str | None, Query(description="model name (see GET /models)")] = None,
     max_side: Annotated[
         int | None, Query(description="longest side of the returned maps (default: the server's)")
     ] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Options:
-    """The request's options, validated against the loaded model (422 on anything it cannot do)."""
+    """The request's options, validated against the chosen model (422 on anything it cannot do)."""
     wanted = frozenset(o.strip() for o in outputs.split(",") if o.strip())
     unknown = sorted(wanted - set(OUTPUT_OPTIONS))
     if unknown or not wanted:
         raise ServiceError(422, "invalid_option", f"unknown outputs {unknown}: choose from {', '.join(OUTPUT_OPTIONS)}")
-    name = pipeline.engine.manifest.name
-    if model is not None and model not in (name, "default"):
-        raise ServiceError(422, "unknown_model", f"model {model!r} is not served here; this server serves {name!r}")
     accepts = accept or ""
     png = format == "png" or (format is None and "image/png" in accepts and "application/json" not in accepts)
     if png and wanted != {"saliency"}:

@@ -21,8 +21,8 @@ class ServiceMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "saliency_requests_total", "HTTP requests by route, method, status and protocol",
-            ["route", "method", "status", "protocol"],
+            "saliency_requests_total", "HTTP requests by route, method, status, protocol and model (empty: none)",
+            ["route", "method", "status", "protocol", "model"],
             registry=r,
         )  # fmt: skip
         self.request_latency = Histogram(
@@ -31,22 +31,24 @@ class ServiceMetrics:
             registry=r,
         )  # fmt: skip
         self.queue_wait_seconds = Histogram(
-            "saliency_queue_wait_seconds", "Time an image waited for its batch to start", buckets=LATENCY_BUCKETS,
-            registry=r,
+            "saliency_queue_wait_seconds", "Time an image waited for its batch to start", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.inference_seconds = Histogram(
-            "saliency_inference_seconds", "ONNX Runtime time per batch", buckets=LATENCY_BUCKETS, registry=r
+            "saliency_inference_seconds", "ONNX Runtime time per batch", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
-        self.batch_size = Histogram("saliency_batch_size", "Images per batch", buckets=BATCH_BUCKETS, registry=r)
-        self.queue_depth = Gauge("saliency_queue_depth", "Images waiting for inference", registry=r)
+        self.batch_size = Histogram(
+            "saliency_batch_size", "Images per batch", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("saliency_queue_depth", "Images waiting for inference", ["model"], registry=r)
         self.inflight = Gauge("saliency_inflight_requests", "HTTP requests being served", registry=r)
         self.errors = Counter("saliency_errors_total", "Error responses by error code", ["code"], registry=r)
         self.stage_seconds = Histogram(
-            "saliency_stage_seconds", "Per-image time in each CPU stage", ["stage"], buckets=LATENCY_BUCKETS,
-            registry=r,
+            "saliency_stage_seconds", "Per-image time in each CPU stage", ["model", "stage"],
+            buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.model_info = Gauge(
-            "saliency_model_info", "The loaded model (value 1)", ["name", "version", "variant", "provider"], registry=r
+            "saliency_model_info", "Each served model (value 1)", ["name", "version", "variant", "provider"], registry=r
         )
 
     def render(self) -> bytes:

@@ -103,7 +103,8 @@ class RequestContextMiddleware:
             path = getattr(route, "path", "unmatched")
             self.metrics.inflight.dec()
             protocol = protocol_of(scope["path"])
-            self.metrics.requests.labels(path, scope["method"], str(status["code"]), protocol).inc()
+            model = scope["state"].get("model", "")  # set by the route once it knows which model serves it
+            self.metrics.requests.labels(path, scope["method"], str(status["code"]), protocol, model).inc()
             self.metrics.request_latency.labels(path, protocol).observe(elapsed)
             log.info(
                 "%s %s %d %.1f ms",

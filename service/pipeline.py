@@ -21,9 +21,10 @@ from typing import TypeVar
 
 import numpy as np
 from PIL import Image
+from prometheus_client import Histogram
 
 from service.admission import Admission
-from service.attention import extreme_points, place_attention
+from service.attention import SUMMARY_OF_KIND, attention_summary, extreme_points, place_attention
 from service.batcher import Batcher, InferenceResult, QueueFullError
 from service.engine import Engine
 from service.errors import ServiceError
@@ -40,7 +41,15 @@ from service.imaging import (
 )
 from service.manifest import BundleError
 from service.metrics import ServiceMetrics
-from service.schemas import AttentionMap, AttentionPoint, AttentionWeight, ImageResult, ImageSize, Timings
+from service.schemas import (
+    AttentionMap,
+    AttentionPoint,
+    AttentionWeight,
+    ImageAttentionMap,
+    ImageResult,
+    ImageSize,
+    Timings,
+)
 from service.settings import Settings
 
 OUTPUT_OPTIONS = ("saliency", "attention", "overlay", "groups")
@@ -137,6 +146,9 @@ class Pipeline:
         self._has_embedding = bool(manifest.output("embedding"))
         self._active = 0
 
+    def _stage_seconds(self, stage: str) -> Histogram:
+        return self.metrics.stage_seconds.labels(self.engine.manifest.name, stage)
+
     @property
     def active(self) -> int:
         """Requests between upload and answer right now (shutdown waits for them before closing the pools)."""
@@ -180,11 +192,11 @@ class Pipeline:
             image = decode_image(data, self.settings.max_upload_bytes, self.settings.max_pixels, max_side)
         finally:  # refused images cost decode time too, and that is worth seeing
             decoded = time.perf_counter()
-            self.metrics.stage_seconds.labels("decode").observe(decoded - start)
+            self._stage_seconds("decode").observe(decoded - start)
         deadline.check("preprocessing")
         tensor = preprocess(image, self.engine.manifest.preprocess)
         done = time.perf_counter()
-        self.metrics.stage_seconds.labels("preprocess").observe(done - decoded)
+        self._stage_seconds("preprocess").observe(done - decoded)
         return _Decoded(image, header.size, tensor, done - start)
 
     async def _infer(self, tensor: np.ndarray, deadline: Deadline) -> InferenceResult:
@@ -232,6 +244,27 @@ class Pipeline:
             )
         return AttentionPoint(x=point[0], y=point[1], maps=answers)
 
+    def _image_attention(
+        self, result: InferenceResult, original: tuple[int, int], deadline: Deadline, png: Callable[[np.ndarray], str]
+    ) -> list[ImageAttentionMap]:
+        heat_size = fit_size(original, self.settings.max_attention_side)
+        maps = []
+        for spec in self._attention:
+            deadline.check("post-processing")
+            summary = attention_summary(result.outputs[spec.name], spec.attention)
+            peak = float(summary.max())
+            scaled = summary / peak if peak > 0 else summary
+            maps.append(
+                ImageAttentionMap(
+                    output=spec.name,
+                    kind=spec.attention.kind,
+                    summary=SUMMARY_OF_KIND[spec.attention.kind],
+                    peak=peak,
+                    heatmap_png=png(to_uint8(np.clip(resize_map(scaled, heat_size), 0.0, 1.0))),
+                )
+            )
+        return maps
+
     def _postprocess(
         self, decoded: _Decoded, result: InferenceResult, options: Options, deadline: Deadline
     ) -> tuple[dict, float]:
@@ -259,9 +292,10 @@ class Pipeline:
                 sx, sy = decoded.original[0] / image.size[0], decoded.original[1] / image.size[1]
                 points = [(x * sx, y * sy) for x, y in extreme_points(saliency)]
             fields["attention"] = [self._attention_point(result, p, decoded.original, deadline, png) for p in points]
+            fields["attention_maps"] = self._image_attention(result, decoded.original, deadline, png)
         seconds = time.perf_counter() - start
-        self.metrics.stage_seconds.labels("postprocess").observe(seconds - encoding[0])
-        self.metrics.stage_seconds.labels("encode").observe(encoding[0])
+        self._stage_seconds("postprocess").observe(seconds - encoding[0])
+        self._stage_seconds("encode").observe(encoding[0])
         return fields, seconds
 
     def _encode_saliency_png(self, decoded: _Decoded, result: InferenceResult, deadline: Deadline) -> bytes:
@@ -270,8 +304,8 @@ class Pipeline:
         pixels = to_uint8(self._saliency_map(result, decoded.image.size))
         processed = time.perf_counter()
         png = encode_png(pixels)
-        self.metrics.stage_seconds.labels("postprocess").observe(processed - start)
-        self.metrics.stage_seconds.labels("encode").observe(time.perf_counter() - processed)
+        self._stage_seconds("postprocess").observe(processed - start)
+        self._stage_seconds("encode").observe(time.perf_counter() - processed)
         return png
 
     def _check_points(self, options: Options, size: tuple[int, int]) -> None:
@@ -394,8 +428,9 @@ class Pipeline:
         with self._tracked():
             return await self._infer(tensor, Deadline(self.settings.request_timeout_s))
 
-    async def saliency_of(self, data: bytes) -> tuple[Image.Image, np.ndarray]:
-        """The decoded image (at most ``max_map_side``) and its saliency map in [0, 1] at that size.
+    async def saliency_of(self, data: bytes) -> tuple[Image.Image, np.ndarray, tuple[int, int]]:
+        """The decoded image (at most ``max_map_side``), its saliency map in [0, 1] at that size, and the upload's
+        own (width, height).
 
         Raises:
             ServiceError: bad image (400/413/415), over capacity (503), deadline (504).
@@ -406,4 +441,4 @@ class Pipeline:
             saliency = await self._in_thread(
                 pool, deadline, "post-processing", release, self._saliency_map, result, decoded.image.size
             )
-        return decoded.image, saliency
+        return decoded.image, saliency, decoded.original

@@ -55,6 +55,19 @@ class AttentionMap(BaseModel):
     weights: list[AttentionWeight]
 
 
+class ImageAttentionMap(BaseModel):
+    """One attention output summed up over the whole image: where the model looked."""
+
+    output: str = Field(description="ONNX output name, e.g. attn_global")
+    kind: str = Field(description="global, local or spatial")
+    summary: str = Field(
+        description="received (global: mean weight each location gets from every pixel), spread (local: mean "
+        "distance in feature cells from a pixel to what it weighs) or map (spatial: the map itself)"
+    )
+    peak: float = Field(description="the largest value of the summary (255 in the heatmap before it is resized)")
+    heatmap_png: str = Field(description="base64 greyscale PNG at the image size scaled to fit max_attention_side")
+
+
 class AttentionPoint(BaseModel):
     x: float
     y: float
@@ -72,6 +85,9 @@ class ImageResult(BaseModel):
     saliency_png: str | None = Field(default=None, description="base64 greyscale PNG, 255 = salient")
     overlay_png: str | None = Field(default=None, description="base64 RGB PNG of the image tinted by saliency")
     attention: list[AttentionPoint] | None = None
+    attention_maps: list[ImageAttentionMap] | None = Field(
+        default=None, description="with outputs=attention: one image-level map per attention output"
+    )
     batch_size: int = Field(description="how many images shared this image's inference batch")
     timings: Timings
 
@@ -87,6 +103,28 @@ class BatchResponse(BaseModel):
     results: list[ImageResult] = Field(description="one per uploaded image, in upload order")
 
 
+class ComparedMap(BaseModel):
+    model: ModelRef
+    saliency_png: str = Field(description="base64 greyscale PNG at map_size, 255 = salient")
+
+
+class Agreement(BaseModel):
+    """How alike two models' maps are on this image."""
+
+    a: str
+    b: str
+    mae: float = Field(description="mean absolute difference of the two maps in [0, 1]")
+    iou: float = Field(description="intersection over union of the maps thresholded at 0.5 (1 when both are empty)")
+
+
+class CompareResponse(BaseModel):
+    request_id: str
+    image: ImageSize
+    map_size: ImageSize
+    maps: list[ComparedMap] = Field(description="one per model, in the order asked")
+    agreement: list[Agreement] = Field(description="every pair of the models asked")
+
+
 class OutputInfo(BaseModel):
     name: str
     kind: str
@@ -94,8 +132,11 @@ class OutputInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
-    name: str
+    name: str = Field(description="what model= takes")
+    default: bool = Field(description="whether requests without model= (or with model=default) get this model")
+    ready: bool
     version: str
+    paper: str
     architecture: str
     description: str
     bundle: str = Field(description="the bundle's folder name (not its path on the server)")
@@ -106,9 +147,17 @@ class ModelInfo(BaseModel):
     input_size: int
     outputs: list[OutputInfo]
     options: list[str] = Field(description="values the outputs option accepts for this model")
+    attention_kinds: list[str] = Field(description="kinds of the attention maps it answers (global, local, spatial)")
+    accuracy: dict[str, dict[str, float]] = Field(
+        description="what the export measured on the served variant: dataset -> metric -> value"
+    )
+    training_data: list[str]
+    rss_mib: float = Field(description="resident memory the server grew by when it loaded and warmed up this model")
 
 
 class ModelsResponse(BaseModel):
+    default: str | None = Field(description="the default model's name (null while loading)")
+    rss_mib: float = Field(description="the server process's resident memory now")
     models: list[ModelInfo]
 
 
@@ -119,3 +168,4 @@ class HealthResponse(BaseModel):
 class ReadyResponse(BaseModel):
     ready: bool
     detail: str
+    models: dict[str, bool] = Field(default_factory=dict, description="each configured model's readiness")

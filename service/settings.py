@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+ALL_MODELS = "all"
 PROVIDER_ALIASES = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
@@ -27,7 +28,11 @@ class Settings(BaseSettings):
 
     Attributes:
         host, port: where uvicorn listens (loopback by default).
-        bundle: a bundle name under ``bundles/`` or a bundle folder.
+        bundle: the default model: a bundle name under ``bundles/`` or a bundle folder.
+        models: more models served beside it, each picked per request with ``model=<name>``: a comma list of bundle
+            names or folders, ``all`` for every bundle under ``bundles/`` (the default), empty for the default only.
+        memory_budget_mib: the most resident memory (MiB) the process may hold once its models are loaded and
+            warmed up; past it the server refuses to start and says what each model cost (0 = no budget).
         variant: ``auto`` (int8 when the bundle ships one, else the manifest's default), or a variant name.
         providers: ``auto`` (TensorRT → CUDA → CPU, whichever the session really gets) or a comma list of
             ``tensorrt``, ``cuda``, ``cpu`` in order of preference.
@@ -65,6 +70,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
     bundle: str = "default"
+    models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [ALL_MODELS])
+    memory_budget_mib: int = Field(default=0, ge=0)
     variant: str = "auto"
     providers: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["auto"])
     max_batch_size: int = Field(default=8, ge=1, le=256)
@@ -92,7 +99,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     drain_timeout_s: float = Field(default=35.0, ge=0.0)
 
-    @field_validator("providers", "api_keys", "cors_origins", mode="before")
+    @field_validator("providers", "models", "api_keys", "cors_origins", mode="before")
     @classmethod
     def _split(cls, value: object) -> list[str]:
         return _comma_list(value)
@@ -144,9 +151,8 @@ class Settings(BaseSettings):
         return self
 
     def engine_kwargs(self) -> dict[str, object]:
-        """Keyword arguments of ``service.engine.Engine`` from these settings."""
+        """Keyword arguments of ``service.engine.Engine`` from these settings, all but the bundle."""
         return {
-            "bundle": self.bundle,
             "variant": self.variant,
             "providers": self.provider_preference(),
             "intra_op_threads": self.intra_op_threads,

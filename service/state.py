@@ -1,4 +1,5 @@
-"""What one app instance holds: settings, metrics, and (after startup) the engine, batcher and pipeline."""
+"""What one app instance holds: settings, metrics, and (after startup) the model repository with a batcher and
+pipeline per model."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from service.admission import Admission
 from service.batcher import Batcher
-from service.engine import Engine
 from service.metrics import ServiceMetrics
 from service.pipeline import Pipeline
+from service.repository import ModelRepository
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,56 +33,51 @@ def _lower_priority() -> None:
 
 
 class ServiceState:
-    """Lifecycle of the model behind one app: load → warm up → ready → draining → closed.
+    """Lifecycle of the models behind one app: load → warm up → ready → draining → closed.
 
-    Draining begins at the server's shutdown signal (:meth:`begin_drain`): readiness turns false and new requests
-    are refused with 503 before any work, while admitted ones run to their end; :meth:`stop` then stops the batcher
-    and the pools.
+    Each model of the repository gets its own dynamic batcher and pipeline (ONNX Runtime sessions run one batch at a
+    time each); they share the imaging threads and the in-flight budget. Draining begins at the server's shutdown
+    signal (:meth:`begin_drain`): readiness turns false and new requests are refused with 503 before any work, while
+    admitted ones run to their end; :meth:`stop` then stops the batchers and the pools.
 
     Args:
         settings: validated settings.
         metrics: the app's metrics.
-        engine: an already loaded engine (``python -m service`` loads it before starting uvicorn so a bad bundle
-            fails fast); ``None`` loads it at startup.
+        repository: already loaded models (``python -m service`` loads them before starting uvicorn so a bad
+            bundle fails fast); ``None`` loads them at startup.
     """
 
-    def __init__(self, settings: Settings, metrics: ServiceMetrics, engine: Engine | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: ServiceMetrics, repository: ModelRepository | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.engine = engine
-        self.pipeline: Pipeline | None = None
+        self.repository = repository
         self.ready = False
         self.draining = False
         self.admission = Admission(
             settings.max_inflight_requests, settings.max_inflight_bytes, settings.max_inflight_pixels
         )
-        self._batcher: Batcher | None = None
         self._pools: list[ThreadPoolExecutor] = []
 
-    def _load(self) -> Engine:
-        s = self.settings
-        engine = self.engine or Engine(**s.engine_kwargs())
-        # One batch-1 run pays the first-run costs (allocations, kernel selection); a larger warm-up batch was
-        # measured to cost only its compute, which would delay readiness for nothing.
-        engine.warm_up()
-        return engine
-
     async def start(self) -> None:
-        """Load (if needed) and warm up the model, then start the batcher; ``ready`` turns true at the end."""
+        """Load (if needed) and warm up the models, then start a batcher per model; ``ready`` turns true at the end."""
         s = self.settings
-        self.engine = await asyncio.to_thread(self._load)
-        info = self.engine.info
-        self.metrics.model_info.labels(info.manifest.name, info.manifest.version, info.variant, info.provider).set(1)
-        self._batcher = Batcher(self.engine, self.metrics, s.max_batch_size, s.max_delay_ms, s.queue_size)
-        self._batcher.start()
+        if self.repository is None:
+            self.repository = await asyncio.to_thread(ModelRepository.load, s)
         pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="imaging")
         # One thread for large images: at most one is decoded or post-processed at a time, beside the small ones,
         # and at a lower CPU priority, so on busy cores the small requests' threads run first.
         heavy_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imaging-heavy", initializer=_lower_priority)
         self._pools = [pool, heavy_pool]
-        self.pipeline = Pipeline(s, self.engine, self._batcher, self.metrics, pool, heavy_pool, self.admission)
+        for model in self.repository.models:
+            info = model.engine.info
+            self.metrics.model_info.labels(model.name, info.manifest.version, info.variant, info.provider).set(1)
+            model.batcher = Batcher(
+                model.engine, self.metrics, s.max_batch_size, s.max_delay_ms, s.queue_size, model=model.name
+            )
+            model.batcher.start()
+            model.pipeline = Pipeline(s, model.engine, model.batcher, self.metrics, pool, heavy_pool, self.admission)
+            log.info("ready: %s %s (%s) on %s", model.name, info.manifest.version, info.variant, info.provider)
         self.ready = not self.draining
-        log.info("ready: %s %s (%s) on %s", info.manifest.name, info.manifest.version, info.variant, info.provider)
 
     def begin_drain(self) -> None:
         """Refuse new requests (503, readiness false) and let admitted ones finish; called at SIGTERM.
@@ -94,14 +90,14 @@ class ServiceState:
     async def stop(self) -> None:
         """Stop taking work, finish what is queued (up to ``drain_timeout_s``), release threads."""
         self.begin_drain()
-        if self._batcher is not None:
-            await self._batcher.drain(self.settings.drain_timeout_s)
-        # Answers that left the batcher still need the imaging pool for post-processing.
+        models = self.repository.models if self.repository is not None else []
+        await asyncio.gather(*(m.batcher.drain(self.settings.drain_timeout_s) for m in models if m.batcher))
+        # Answers that left the batchers still need the imaging pool for post-processing.
         deadline = time.perf_counter() + self.settings.drain_timeout_s
-        while self.pipeline is not None and self.pipeline.active and time.perf_counter() < deadline:
+        while any(m.pipeline and m.pipeline.active for m in models) and time.perf_counter() < deadline:
             await asyncio.sleep(0.01)
         for pool in self._pools:
             pool.shutdown(wait=True)
-        if self.engine is not None:
-            self.engine.close()
+        if self.repository is not None:
+            self.repository.close()
         log.info("stopped")

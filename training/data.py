@@ -66,25 +66,26 @@ def load_mask(path: Path) -> np.ndarray:
 class Sample:
     stem: str
     image: Path
-    mask: Path
+    mask: Path | None  # None: an image without a ground-truth mask (eye-tracking sets)
 
 
-def list_pairs(images_dir: Path, masks_dir: Path, split: Path | None = None) -> list[Sample]:
-    """Image/mask pairs matched by stem, optionally restricted to the stems of a split file.
+def list_pairs(images_dir: Path, masks_dir: Path | None, split: Path | None = None) -> list[Sample]:
+    """Image/mask pairs matched by stem, optionally restricted to the stems of a split file; with no ``masks_dir``,
+    the images alone (``mask`` is ``None``).
 
     Raises:
         DatasetError: a folder is missing, or an image (in the split) has no mask.
     """
     images = index_by_stem(Path(images_dir), "images")
-    masks = index_by_stem(Path(masks_dir), "masks")
+    masks = index_by_stem(Path(masks_dir), "masks") if masks_dir is not None else None
     stems = read_split(Path(split)) if split else sorted(images)
     samples = []
     for stem in stems:
         if stem not in images:
             raise DatasetError(f"image for stem {stem!r} not found in {images_dir}")
-        if stem not in masks:
+        if masks is not None and stem not in masks:
             raise DatasetError(f"image {images[stem]} has no mask in {masks_dir}")
-        samples.append(Sample(stem, images[stem], masks[stem]))
+        samples.append(Sample(stem, images[stem], masks[stem] if masks is not None else None))
     return samples
 
 

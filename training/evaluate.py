@@ -1,12 +1,16 @@
-"""Score saliency maps against ground-truth masks with the standard SOD metrics; prints one JSON object.
+"""Score saliency maps against ground-truth masks with the standard SOD metrics, and saliency and attention maps
+against human eye fixations; prints one JSON object.
 
-python -m training.evaluate --images DIR --masks DIR [--split FILE]
+python -m training.evaluate --images DIR [--masks DIR] [--split FILE]
     (--bundle NAME_OR_DIR [--variant fp32|int8] | --checkpoint PATH | --predictions DIR
-     | --baseline centre_prior|spectral_residual) [--fixations CSV [--attention KEY]]
+     | --baseline centre_prior|spectral_residual) [--fixations CSV [--attention all|KEY] [--ig-baseline-split FILE]]
 
-Every source's probability map is resized bilinearly to the mask's size and quantized to uint8 (what a saved PNG
-holds) before scoring, so all sources are scored alike. ``--bundle`` runs the exported ONNX graph with ONNX Runtime,
-reading ``manifest.json`` as plain JSON (training/ must not import service/ or export/); a bare name resolves to
+Every source's probability map is resized bilinearly to the mask's size (the image's without masks) and quantized to
+uint8 (what a saved PNG holds) before scoring, so all sources are scored alike. Without ``--masks`` (eye-tracking
+sets have none) only the fixation metrics are computed. ``--attention`` (bundles and checkpoints) adds, per attention
+map the model exposes, the fixation metrics of its image-level map (``service.attention.attention_summary``: the
+attention each place receives, the local spread, or the spatial map itself) under ``"attention"``. ``--bundle`` runs
+the exported ONNX graph with ONNX Runtime, reading ``manifest.json`` as plain JSON; a bare name resolves to
 ``<repo>/bundles/<name>``.
 """
 
@@ -29,9 +33,20 @@ from PIL import Image
 from tqdm import tqdm
 
 from models import build_model
+from service.attention import attention_summary
+from service.manifest import AttentionSpec
 from training.baselines import BASELINES, baseline_map
-from training.data import DatasetError, Sample, index_by_stem, list_pairs, load_mask, load_rgb, read_fixations
-from training.fixation_metrics import FixationMetrics
+from training.data import (
+    DatasetError,
+    Sample,
+    index_by_stem,
+    list_pairs,
+    load_mask,
+    load_rgb,
+    read_fixations,
+    read_split,
+)
+from training.fixation_metrics import CentreBias, FixationMetrics
 from training.metrics import SaliencyMetrics, to_uint8
 from training.transforms import Preprocess, preprocess_image
 
@@ -62,16 +77,34 @@ def resize_probability(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return to_uint8(np.clip(tensor[0, 0].numpy(), 0.0, 1.0))
 
 
+def gaze_map(weights: np.ndarray, spec: AttentionSpec, shape: tuple[int, int]) -> np.ndarray:
+    """One image's attention output as an image-level map at ``shape`` (``(H, W)``), scaled to max 1."""
+    summary = attention_summary(weights, spec)
+    resized = F.interpolate(torch.from_numpy(summary)[None, None], size=shape, mode="bilinear", align_corners=False)
+    values = np.clip(resized[0, 0].numpy().astype(np.float64), 0.0, None)
+    return values / max(float(values.max()), np.finfo(np.float32).tiny)
+
+
+def chosen_attention(available: dict[str, AttentionSpec], attention: str, model: str) -> dict[str, AttentionSpec]:
+    """The attention maps ``--attention`` names: ``all``, or one key (a model key like ``global`` or an ONNX output
+    name like ``attn_global``)."""
+    if attention == "all":
+        if not available:
+            raise EvaluationError(f"{model} exposes no attention map")
+        return available
+    if attention not in available:
+        raise EvaluationError(f"{model} has no attention map {attention!r} ({', '.join(available) or 'none'})")
+    return {attention: available[attention]}
+
+
 @dataclass
 class CheckpointPredictor:
     """Runs a ``training.train`` checkpoint (model_name, model_kwargs, config with preprocess) in PyTorch.
 
     Args:
         path: ``best.pt`` or ``last.pt`` written by the trainer.
-        attention: key of a single-channel spatial attention map (e.g. ``spatial/d1`` of the attention baselines);
-            when given, each call also leaves that map, resized to the image and scaled to max 1, in
-            ``last_attention``, and the fixation metrics score it instead of the saliency map (how the
-            human-vs-machine attention study compares a network's attention with human gaze).
+        attention: ``all`` or one key of ``model.attention_geometry()`` (e.g. ``spatial/d1``); when given, each call
+            also leaves those maps' image-level summaries at the image's size in ``last_attention``.
     """
 
     path: Path
@@ -91,30 +124,24 @@ class CheckpointPredictor:
         self.pre = Preprocess(**{k: tuple(v) if isinstance(v, list) else v for k, v in pre.items()})
         self.description = {"kind": "checkpoint", "path": str(self.path), "model": state["model_name"]}
         self.description["epoch"] = state.get("epoch", -1) + 1
-        if self.attention:
-            self.description["fixations_scored"] = f"attention {self.attention}"
-        self.last_attention: np.ndarray | None = None
+        geometry = getattr(self.model, "attention_geometry", lambda: [])()
+        available = {
+            g.name: AttentionSpec(
+                kind=g.kind, grid=g.grid, dilation=g.dilation, stride=g.stride, offset=g.offset,
+                normalization=g.normalization,
+            )
+            for g in geometry
+        }  # fmt: skip
+        self.specs = chosen_attention(available, self.attention, state["model_name"]) if self.attention else {}
+        self.last_attention: dict[str, np.ndarray] = {}
 
     @torch.no_grad()
     def __call__(self, sample: Sample, image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
         output = self.model(preprocess_image(image, self.pre)[None])
-        if self.attention:
-            self.last_attention = self._gaze_map(output.attention, shape)
+        self.last_attention = {
+            key: gaze_map(output.attention[key][0].float().numpy(), spec, shape) for key, spec in self.specs.items()
+        }
         return resize_probability(torch.sigmoid(output.final)[0, 0].numpy(), shape)
-
-    def _gaze_map(self, attention: dict[str, torch.Tensor], shape: tuple[int, int]) -> np.ndarray:
-        if self.attention not in attention:
-            available = ", ".join(sorted(attention)) or "none"
-            raise EvaluationError(f"{self.description['model']} has no attention map {self.attention!r} ({available})")
-        weights = attention[self.attention]
-        if weights.dim() != 4 or weights.shape[1] != 1:
-            raise EvaluationError(
-                f"attention {self.attention!r} has shape {tuple(weights.shape)}: only single-channel spatial maps "
-                "[1,1,h,w] can be compared with fixations (per-pixel attention holds one map per pixel)"
-            )
-        resized = F.interpolate(weights.float(), size=shape, mode="bilinear", align_corners=False)[0, 0].numpy()
-        resized = np.clip(resized, 0.0, None)
-        return resized / max(float(resized.max()), np.finfo(np.float32).tiny)
 
 
 def resolve_bundle_dir(name_or_dir: str) -> Path:
@@ -133,11 +160,14 @@ class BundlePredictor:
         bundle: a bundle folder or a name under ``<repo>/bundles``.
         variant: ``fp32``, ``int8``… (default: the manifest's ``default_variant``).
         threads: intra-op threads of the session.
+        attention: ``all`` or one attention output name (e.g. ``attn_global``); when given, each call also leaves
+            those outputs' image-level summaries at the image's size in ``last_attention``.
     """
 
     bundle: str
     variant: str | None = None
     threads: int = 2
+    attention: str | None = None
 
     def __post_init__(self) -> None:
         import onnxruntime as ort  # only this source needs ONNX Runtime (an optional extra for training)
@@ -153,19 +183,27 @@ class BundlePredictor:
             self.pre = Preprocess(pre["input_size"], pre["resize"], tuple(pre["mean"]), tuple(pre["std"]))
             self.input_name = manifest["input_name"]
             saliency = [o["name"] for o in manifest["outputs"] if o["kind"] == "saliency"]
+            available = {o["name"]: AttentionSpec(**o["attention"]) for o in manifest["outputs"] if o.get("attention")}
         except KeyError as exc:
             raise EvaluationError(f"{folder / MANIFEST_FILE} lacks field {exc}") from exc
         if not saliency:
             raise EvaluationError(f"{folder / MANIFEST_FILE} declares no output of kind 'saliency'")
         self.output_name = saliency[0]
+        self.specs = chosen_attention(available, self.attention, str(folder)) if self.attention else {}
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         self.session = ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self.description = {"kind": "bundle", "path": str(folder), "variant": variant, "name": manifest.get("name")}
+        self.last_attention: dict[str, np.ndarray] = {}
 
     def __call__(self, sample: Sample, image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
         batch = preprocess_image(image, self.pre)[None].numpy()
-        (prob,) = self.session.run([self.output_name], {self.input_name: batch})
+        names = [self.output_name, *self.specs]
+        prob, *attention = self.session.run(names, {self.input_name: batch})
+        self.last_attention = {
+            key: gaze_map(weights[0], spec, shape)
+            for (key, spec), weights in zip(self.specs.items(), attention, strict=True)
+        }
         return resize_probability(prob[0, 0], shape)
 
 
@@ -225,17 +263,17 @@ def make_predictor(
     threads: int = 2,
     attention: str | None = None,
 ) -> Predictor:
-    """The predictor for exactly one source; ``attention`` (checkpoints only) see :class:`CheckpointPredictor`."""
+    """The predictor for exactly one source; ``attention`` (bundles and checkpoints): see :class:`BundlePredictor`."""
     given = [k for k, v in {"bundle": bundle, "checkpoint": checkpoint, "predictions": predictions}.items() if v]
     given += ["baseline"] if baseline else []
     if len(given) != 1:
         raise EvaluationError(f"give exactly one of --bundle, --checkpoint, --predictions, --baseline (got {given})")
     if variant and not bundle:
         raise EvaluationError("--variant applies to --bundle only")
-    if attention and not checkpoint:
-        raise EvaluationError("--attention applies to --checkpoint only")
+    if attention and not (checkpoint or bundle):
+        raise EvaluationError("--attention applies to --bundle and --checkpoint only")
     if bundle:
-        return BundlePredictor(bundle, variant, threads)
+        return BundlePredictor(bundle, variant, threads, attention)
     if checkpoint:
         return CheckpointPredictor(Path(checkpoint), attention)
     if predictions:
@@ -253,50 +291,82 @@ def _relative_fixations(fixations: dict, samples: Sequence[Sample]) -> dict[str,
     return relative
 
 
+def fit_centre_bias(fixations_csv: Path, images_dir: Path, split: Path, evaluated: Sequence[Sample]) -> CentreBias:
+    """The information-gain baseline fitted on the fixations of the images a split lists (never evaluated ones).
+
+    Raises:
+        EvaluationError: the split overlaps the evaluated images, or none of its images has fixations.
+    """
+    stems = read_split(split)
+    overlap = sorted(set(stems) & {s.stem for s in evaluated})
+    if overlap:
+        raise EvaluationError(f"--ig-baseline-split {split} lists evaluated images ({', '.join(overlap[:5])}...)")
+    images = index_by_stem(images_dir, "images")
+    training = [Sample(stem, images[stem], None) for stem in stems if stem in images]
+    relative = _relative_fixations(read_fixations(fixations_csv), training)
+    if not relative:
+        raise EvaluationError(f"{fixations_csv} has no fixations for the images of {split}")
+    return CentreBias(np.concatenate(list(relative.values())), len(relative))
+
+
 def evaluate(
-    predictor: Predictor, samples: Sequence[Sample], fixations_csv: Path | None = None, progress: bool = True
+    predictor: Predictor,
+    samples: Sequence[Sample],
+    fixations_csv: Path | None = None,
+    progress: bool = True,
+    centre_bias: CentreBias | None = None,
 ) -> tuple[dict[str, Any], SaliencyMetrics]:
     """Score ``predictor`` on ``samples``.
 
     Args:
         predictor: from :func:`make_predictor`.
-        samples: image/mask pairs.
-        fixations_csv: optional eye fixations (``stem,x,y``); adds the fixation metrics of the saliency maps, or
-            of the attention maps of a :class:`CheckpointPredictor` built with ``attention``.
+        samples: images with masks (SOD metrics) or without (fixation metrics only).
+        fixations_csv: optional eye fixations (``stem,x,y``); adds the fixation metrics of the saliency maps, and
+            under ``"attention"`` those of each attention map a predictor built with ``attention`` exposes.
         progress: show a progress bar on stderr.
+        centre_bias: the information-gain baseline (:func:`fit_centre_bias`); default the analytic centre prior.
 
     Returns:
         The results dict (metrics, plus fixation metrics when asked) and the metrics accumulator (for curves).
     """
     if isinstance(predictor, PredictionsPredictor):
         predictor.check_covers(samples)
+    with_masks = all(s.mask is not None for s in samples)
+    if not with_masks and not fixations_csv:
+        raise EvaluationError("nothing to score: give --masks (SOD metrics), --fixations (gaze metrics), or both")
     fixations = read_fixations(fixations_csv) if fixations_csv else {}
     relative = _relative_fixations(fixations, samples) if fixations else {}
-    metrics, fixation_metrics = SaliencyMetrics(), FixationMetrics()
+    metrics, fixation_metrics = SaliencyMetrics(), FixationMetrics(baseline=centre_bias)
+    attention_metrics: dict[str, FixationMetrics] = {}
     for sample in tqdm(samples, desc="evaluate", disable=not progress, file=sys.stderr):
-        mask = load_mask(sample.mask)
         image = load_rgb(sample.image)
-        pred = predictor(sample, image, mask.shape)
-        metrics.update(pred, mask)
-        if sample.stem in relative:
-            others = [v for stem, v in relative.items() if stem != sample.stem]
-            if others:
-                points = np.array([[f.x, f.y] for f in fixations[sample.stem]])
-                gaze = getattr(predictor, "last_attention", None)
-                gaze = pred.astype(np.float64) / 255.0 if gaze is None else gaze
-                fixation_metrics.update(gaze, points, np.concatenate(others))
-    results: dict[str, Any] = dict(metrics.results())
+        mask = load_mask(sample.mask) if sample.mask is not None else None
+        pred = predictor(sample, image, mask.shape if mask is not None else (image.height, image.width))
+        if mask is not None:
+            metrics.update(pred, mask)
+        others = [v for stem, v in relative.items() if stem != sample.stem]
+        if sample.stem in relative and others:
+            points = np.array([[f.x, f.y] for f in fixations[sample.stem]])
+            negatives = np.concatenate(others)
+            fixation_metrics.update(pred.astype(np.float64) / 255.0, points, negatives)
+            for key, gaze in getattr(predictor, "last_attention", {}).items():
+                attention_metrics.setdefault(key, FixationMetrics(baseline=centre_bias)).update(gaze, points, negatives)
+    results: dict[str, Any] = dict(metrics.results()) if with_masks else {"n_images": len(samples)}
     if fixations_csv:
         if not relative:
             raise EvaluationError(f"{fixations_csv} has no fixations for the evaluated images")
         results.update(fixation_metrics.results())
+        if attention_metrics:
+            results["attention"] = {key: m.results() for key, m in attention_metrics.items()}
     return results, metrics
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", required=True, help="folder of images")
-    parser.add_argument("--masks", required=True, help="folder of ground-truth masks (binarized at >= 128)")
+    parser.add_argument(
+        "--masks", help="folder of ground-truth masks (binarized at >= 128); without it, only the gaze metrics"
+    )
     parser.add_argument("--split", help="file of stems to evaluate, one per line (default: every image)")
     parser.add_argument("--bundle", help="bundle folder, or a name under <repo>/bundles (e.g. default)")
     parser.add_argument("--variant", help="bundle variant (fp32, int8, ...); default: the manifest's")
@@ -305,7 +375,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--baseline", help=f"a non-learned baseline: {', '.join(BASELINES)}")
     parser.add_argument("--fixations", help="eye-fixation csv (stem,x,y): adds sAUC, IG, NSS, CC, KL")
     parser.add_argument(
-        "--attention", help="with --checkpoint and --fixations: score this attention map (e.g. spatial/d1) on gaze"
+        "--attention",
+        help="with --bundle or --checkpoint and --fixations: score every attention map (all) or one (its key) on gaze",
+    )
+    parser.add_argument(
+        "--ig-baseline-split",
+        help="stems (e.g. a train split) whose fixations fit the information-gain baseline (default: analytic prior)",
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -313,7 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     try:
-        samples = list_pairs(Path(args.images), Path(args.masks), Path(args.split) if args.split else None)
+        masks = Path(args.masks) if args.masks else None
+        samples = list_pairs(Path(args.images), masks, Path(args.split) if args.split else None)
         predictor = make_predictor(
             bundle=args.bundle,
             variant=args.variant,
@@ -325,10 +401,16 @@ def main(argv: list[str] | None = None) -> None:
         )
         if args.attention and not args.fixations:
             raise EvaluationError("--attention scores an attention map against fixations: give --fixations too")
-        started = time.perf_counter()
-        results, _ = evaluate(
-            predictor, samples, Path(args.fixations) if args.fixations else None, not args.no_progress
+        if args.ig_baseline_split and not args.fixations:
+            raise EvaluationError("--ig-baseline-split fits a gaze baseline: give --fixations too")
+        fixations = Path(args.fixations) if args.fixations else None
+        bias = (
+            fit_centre_bias(fixations, Path(args.images), Path(args.ig_baseline_split), samples)
+            if fixations and args.ig_baseline_split
+            else None
         )
+        started = time.perf_counter()
+        results, _ = evaluate(predictor, samples, fixations, not args.no_progress, bias)
     except (DatasetError, EvaluationError) as exc:
         parser.exit(2, f"error: {exc}\n")
     output = {"evaluated": predictor.description, "images": args.images, "masks": args.masks, "split": args.split}

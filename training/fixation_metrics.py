@@ -10,8 +10,9 @@ Definitions follow the MIT/Tübingen saliency benchmark (Bylinskii et al., TPAMI
   The benchmark draws 100 random negative subsets; here every other fixation is a negative, which is the exact
   expectation of that estimate and deterministic.
 - **Information gain** (bits per fixation): ``mean_f log2(p_map(f) + ε) − log2(p_base(f) + ε)`` where both maps
-  are normalized to probability distributions over pixels. The baseline used by :class:`FixationMetrics` is the
-  centre-bias prior of :func:`training.baselines.centre_prior` (stated as ``ig_baseline`` in the results).
+  are normalized to probability distributions over pixels. The baseline of :class:`FixationMetrics` is a
+  :class:`CentreBias` fitted on the fixations of training images when one is given, else the analytic centre-bias
+  prior of :func:`training.baselines.centre_prior`; the results name it (``ig_baseline``).
 
 Fixations are ``[N,2]`` arrays of ``(x, y)`` pixel coordinates, 0-based, x = column.
 """
@@ -119,17 +120,48 @@ def information_gain(saliency: np.ndarray, fixations: np.ndarray, baseline: np.n
     return float(np.mean(np.log2(p[rows, cols] + MIT_EPS) - np.log2(b[rows, cols] + MIT_EPS)))
 
 
+class CentreBias:
+    """Where people look regardless of content, fitted on the fixations of other (training) images: the density of
+    their positions relative to the image size, on a ``grid`` × ``grid`` canvas blurred by ``sigma`` cells and mixed
+    with 1 % of a uniform map (no pixel gets zero probability), stretched to each image's shape.
+
+    Args:
+        relative_fixations: ``[N,2]`` ``(x/W, y/H)`` in [0, 1] from the training images.
+        images: how many images they came from (for the description).
+        grid, sigma: canvas side and blur.
+    """
+
+    def __init__(self, relative_fixations: np.ndarray, images: int, grid: int = 64, sigma: float = 2.0) -> None:
+        points = np.asarray(relative_fixations, dtype=np.float64).reshape(-1, 2)
+        if len(points) == 0:
+            raise ValueError("a centre bias needs fixations to fit")
+        counts = np.zeros((grid, grid))
+        cols = np.clip((points[:, 0] * grid).astype(int), 0, grid - 1)
+        rows = np.clip((points[:, 1] * grid).astype(int), 0, grid - 1)
+        np.add.at(counts, (rows, cols), 1.0)
+        density = gaussian_filter(counts, sigma, mode="nearest")
+        self.canvas = 0.99 * density / density.sum() + 0.01 / grid**2
+        self.name = f"centre_bias fitted on {len(points)} fixations of {images} training images"
+
+    def __call__(self, shape: tuple[int, int]) -> np.ndarray:
+        """The bias at ``shape`` (``(H, W)``): nearest canvas cell per pixel."""
+        grid = self.canvas.shape[0]
+        rows = np.minimum(((np.arange(shape[0]) + 0.5) * grid / shape[0]).astype(int), grid - 1)
+        cols = np.minimum(((np.arange(shape[1]) + 0.5) * grid / shape[1]).astype(int), grid - 1)
+        return self.canvas[np.ix_(rows, cols)]
+
+
 class FixationMetrics:
     """Accumulates per-image fixation metrics; ``results()`` averages them over images.
 
-    Information gain is measured against the centre-bias Gaussian prior (:func:`training.baselines.centre_prior`).
-
     Args:
         density_sigma: blur of the fixation density for CC and KL (pixels); default 1/32 of the longer side.
+        baseline: the information-gain baseline; default the analytic centre prior.
     """
 
-    def __init__(self, density_sigma: float | None = None) -> None:
+    def __init__(self, density_sigma: float | None = None, baseline: CentreBias | None = None) -> None:
         self.density_sigma = density_sigma
+        self.baseline = baseline
         self._scores: dict[str, list[float]] = {k: [] for k in ("shuffled_auc", "information_gain", "nss", "cc", "kl")}
 
     def update(self, saliency: np.ndarray, fixations: np.ndarray, other_fixations: np.ndarray) -> None:
@@ -145,7 +177,8 @@ class FixationMetrics:
         saliency = np.clip(saliency.astype(np.float64), 0, None)
         density = fixation_density(fixations, saliency.shape, self.density_sigma)
         self._scores["shuffled_auc"].append(shuffled_auc(saliency, fixations, other_fixations))
-        self._scores["information_gain"].append(information_gain(saliency, fixations, centre_prior(saliency.shape)))
+        base = self.baseline(saliency.shape) if self.baseline is not None else centre_prior(saliency.shape)
+        self._scores["information_gain"].append(information_gain(saliency, fixations, base))
         self._scores["nss"].append(nss(saliency, fixations))
         self._scores["cc"].append(cc(saliency, density))
         self._scores["kl"].append(kl_divergence(saliency, density))
@@ -155,6 +188,7 @@ class FixationMetrics:
         n = len(self._scores["nss"])
         if n == 0:
             raise ValueError("no images were scored")
-        out: dict[str, float | int | str] = {"n_fixation_images": n, "ig_baseline": "centre_prior"}
+        baseline = self.baseline.name if self.baseline is not None else "centre_prior"
+        out: dict[str, float | int | str] = {"n_fixation_images": n, "ig_baseline": baseline}
         out.update({k: float(np.mean(v)) for k, v in self._scores.items()})
         return out

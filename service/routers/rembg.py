@@ -4,7 +4,8 @@ The request is the one rembg's server takes: multipart field ``file``; form fiel
 ``af``, ``ab``, ``ae`` (its thresholds), ``om`` (answer the mask only), ``ppm`` (post-process the mask); query
 ``bgc`` (``r,g,b,a`` background colour). The answer is a PNG: the RGBA cut-out whose alpha is the saliency map, or
 the mask alone with ``om=true``. Differences from rembg: alpha matting is not implemented (``a=true`` answers 422),
-rembg's model names all run this server's default model (the ``X-Model`` response header names it), and there is
+rembg's model names all run this server's default model while this server's model names pick that model (the
+``X-Model`` response header names it), and there is
 no ``GET /api/remove?url=``: this server never fetches URLs (that route lets any client make the server request
 any address), so it answers 405 asking for an upload.
 """
@@ -15,14 +16,13 @@ import asyncio
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from PIL import Image, ImageFilter
 
-from service.deps import read_upload, ready_pipeline, require_single_field
+from service.deps import State, read_upload, require_single_field, served_pipeline
 from service.errors import ServiceError
 from service.imaging import encode_png, to_uint8
-from service.pipeline import Pipeline
 
 # rembg's session names (rembg 2.x): a client naming any of them gets this server's default model.
 REMBG_MODELS = frozenset(
@@ -74,7 +74,7 @@ def cutout_png(image: Image.Image, mask: np.ndarray, only_mask: bool, background
 async def remove(
     request: Request,
     file: Annotated[UploadFile, File(description="the image (JPEG, PNG, WebP, BMP, TIFF or GIF)")],
-    pipeline: Annotated[Pipeline, Depends(ready_pipeline)],
+    state: State,
     model: Annotated[str, Form(description="this server's model name, or any rembg model name")] = "u2net",
     a: Annotated[bool, Form(description="alpha matting: not implemented, true answers 422")] = False,
     af: Annotated[int, Form(ge=0, le=255, description="alpha matting foreground threshold (needs a)")] = 240,
@@ -87,9 +87,12 @@ async def remove(
 ) -> Response:
     """Remove the background: the salient object kept, the rest transparent (rembg's API)."""
     await require_single_field(request, "file")
+    # rembg's own model names (u2net, isnet-general-use, ...) get this server's default model.
+    if model not in REMBG_MODELS and state.repository is not None and state.repository.find(model) is None:
+        served = ", ".join(state.repository.names)
+        raise ServiceError(422, "unknown_model", f"model {model!r}: use {served}, 'default' or a rembg model name")
+    pipeline = served_pipeline(state, request, None if model in REMBG_MODELS else model)
     name = pipeline.engine.manifest.name
-    if model not in REMBG_MODELS | {name, "default"}:
-        raise ServiceError(422, "unknown_model", f"model {model!r}: use {name!r}, 'default' or a rembg model name")
     if a:
         raise ServiceError(
             422, "option_not_supported", "alpha matting (a, af, ab, ae) is not implemented; send a=false (the default)"
@@ -98,7 +101,7 @@ async def remove(
         raise ServiceError(422, "option_not_supported", "extras (rembg's SAM prompts) is not supported")
     background = parse_colour(bgc) if bgc is not None and not om else None
     data = await read_upload(file, pipeline.settings.max_upload_bytes, "file")
-    image, saliency = await pipeline.saliency_of(data)
+    image, saliency, _ = await pipeline.saliency_of(data)
 
     def render() -> bytes:
         mask = to_uint8(saliency)

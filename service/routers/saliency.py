@@ -1,17 +1,31 @@
-"""``POST /saliency`` and ``POST /saliency/batch``."""
+"""``POST /saliency``, ``POST /saliency/batch`` and ``POST /saliency/compare``."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Request, UploadFile
+import numpy as np
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response
 
-from service.deps import State, parse_options, read_upload, ready_pipeline, require_single_field
+from service.deps import State, parse_options, read_upload, ready_pipeline, require_single_field, served_pipeline
 from service.errors import ServiceError
+from service.imaging import encode_png, to_uint8
 from service.pipeline import Options, Pipeline
-from service.schemas import BatchResponse, ErrorResponse, ImageResult, ModelRef, SaliencyResponse
+from service.schemas import (
+    Agreement,
+    BatchResponse,
+    ComparedMap,
+    CompareResponse,
+    ErrorResponse,
+    ImageResult,
+    ImageSize,
+    ModelRef,
+    SaliencyResponse,
+)
 
 ERRORS = {
     status: {"model": ErrorResponse, "description": text}
@@ -89,4 +103,54 @@ async def saliency_batch(
         request_id=request.state.request_id,
         model=_model_ref(pipeline),
         results=results,
+    )
+
+
+def map_agreement(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean absolute difference of two maps in [0, 1] of one size, and the IoU of their 0.5-thresholded masks
+    (1.0 when neither has a pixel over 0.5: both say "nothing salient")."""
+    mae = float(np.abs(a - b).mean())
+    fa, fb = a >= 0.5, b >= 0.5
+    union = np.logical_or(fa, fb).sum()
+    return mae, float(np.logical_and(fa, fb).sum() / union) if union else 1.0
+
+
+@router.post("/saliency/compare", response_model=CompareResponse)
+async def compare(
+    request: Request,
+    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP, TIFF or GIF (first frame)")],
+    state: State,
+    models: Annotated[
+        str | None, Query(description="comma list of two or more model names (default: every served model)")
+    ] = None,
+) -> CompareResponse:
+    """Several models' saliency maps of one image, and how much each pair agrees (MAE and IoU)."""
+    await require_single_field(request, "image", "compare answers one image")
+    names = [m.strip() for m in models.split(",") if m.strip()] if models is not None else None
+    if names is None and state.repository is not None:
+        names = state.repository.names
+    if names is None or len(names) < 2 or len(set(names)) < len(names):
+        raise ServiceError(422, "invalid_option", f"models must name two or more different models, got {names}")
+    pipelines = [served_pipeline(state, request, name) for name in names]
+    request.state.model = "+".join(p.engine.manifest.name for p in pipelines)
+    data = await read_upload(image, pipelines[0].settings.max_upload_bytes, "image")
+    answers = await asyncio.gather(*(p.saliency_of(data) for p in pipelines))
+    shown, _, original = answers[0]
+    maps = [saliency for _, saliency, _ in answers]
+
+    def render() -> list[str]:
+        return [base64.b64encode(encode_png(to_uint8(m))).decode("ascii") for m in maps]
+
+    pngs = await asyncio.get_running_loop().run_in_executor(pipelines[0].pool, render)
+    refs = [_model_ref(p) for p in pipelines]
+    agreement = []
+    for (i, a), (j, b) in itertools.combinations(enumerate(maps), 2):
+        mae, iou = map_agreement(a, b)
+        agreement.append(Agreement(a=refs[i].name, b=refs[j].name, mae=round(mae, 5), iou=round(iou, 5)))
+    return CompareResponse(
+        request_id=request.state.request_id,
+        image=ImageSize(width=original[0], height=original[1]),
+        map_size=ImageSize(width=shown.size[0], height=shown.size[1]),
+        maps=[ComparedMap(model=ref, saliency_png=png) for ref, png in zip(refs, pngs, strict=True)],
+        agreement=agreement,
     )

@@ -31,6 +31,7 @@ from service.kserve import (
 )
 from service.manifest import Manifest
 from service.pipeline import Pipeline
+from service.repository import ServedModel
 from service.state import ServiceState
 
 SERVER_NAME = "saliency-service"
@@ -40,16 +41,19 @@ PLATFORM = "onnxruntime_onnx"
 router = APIRouter(prefix="/v2", tags=["kserve-v2"])
 
 
-def _manifest(state: ServiceState, name: str, version: str | None) -> Manifest:
-    """The served model's manifest if ``name`` (and ``version``) name it; 404 otherwise, 503 while loading."""
-    if state.engine is None:
-        raise ProtocolError(503, "the model is not loaded yet")
-    manifest = state.engine.manifest
-    if name not in (manifest.name, "default"):
-        raise ProtocolError(404, f"unknown model {name!r}; this server serves {manifest.name!r} (alias 'default')")
-    if version is not None and version != manifest.version:
-        raise ProtocolError(404, f"model {name!r} has no version {version!r}; it serves version {manifest.version!r}")
-    return manifest
+def _served(state: ServiceState, name: str, version: str | None) -> ServedModel:
+    """The repository's model called ``name`` (``default``: the default) at ``version``; 404 for any other, 503 while
+    the models load."""
+    if state.repository is None:
+        raise ProtocolError(503, "the models are not loaded yet")
+    served = state.repository.find(name)
+    if served is None:
+        raise ProtocolError(404, f"unknown {state.repository.unknown_message(name)}")
+    if version is not None and version != served.engine.manifest.version:
+        raise ProtocolError(
+            404, f"model {name!r} has no version {version!r}; it serves version {served.engine.manifest.version!r}"
+        )
+    return served
 
 
 def _dims(shape: list[int | str]) -> list[int]:
@@ -78,7 +82,7 @@ async def ready(state: State) -> Response:
 @router.get("/models/{name}/versions/{version}")
 async def model_metadata(name: str, state: State, version: str | None = None) -> dict:
     """Name, versions, platform, and the input/output tensors of the served model."""
-    manifest = _manifest(state, name, version)
+    manifest = _served(state, name, version).engine.manifest
     size = manifest.preprocess.input_size
     return {
         "name": manifest.name,
@@ -100,20 +104,24 @@ async def model_metadata(name: str, state: State, version: str | None = None) ->
 @router.get("/models/{name}/versions/{version}/ready")
 async def model_ready(name: str, state: State, version: str | None = None) -> Response:
     """200 when the named model can infer, 503 while it loads or drains, 404 for another name."""
-    _manifest(state, name, version)
-    return Response(status_code=200 if state.ready else 503)
+    served = _served(state, name, version)
+    return Response(status_code=200 if state.ready and served.ready else 503)
 
 
 @router.post("/repository/index")
 async def repository_index(state: State) -> list[dict]:
     """Every model of the repository with its state (``READY`` or ``UNAVAILABLE`` and why)."""
-    if state.engine is None:
+    if state.repository is None:
         return []
-    manifest = state.engine.manifest
-    entry = {"name": manifest.name, "version": manifest.version, "state": "READY" if state.ready else "UNAVAILABLE"}
-    if not state.ready:
-        entry["reason"] = "loading or draining"
-    return [entry]
+    index = []
+    for served in state.repository.models:
+        entry = {"name": served.name, "version": served.engine.manifest.version}
+        if state.ready and served.ready:
+            entry["state"] = "READY"
+        else:
+            entry |= {"state": "UNAVAILABLE", "reason": "loading or draining"}
+        index.append(entry)
+    return index
 
 
 def _image_input(request: InferRequest, manifest: Manifest, limit: int) -> InputTensor:
@@ -176,9 +184,11 @@ async def infer(
     content_encoding: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Run the model on the ``image`` input; answer the requested outputs as JSON or binary tensor data."""
-    manifest = _manifest(state, name, version)
-    if not state.ready or state.pipeline is None:
+    model = _served(state, name, version)
+    if not state.ready or model.pipeline is None:
         raise ProtocolError(503, "the model is not loaded yet or the server is stopping")
+    request.state.model = model.name
+    manifest = model.engine.manifest
     settings = state.settings
     # A compressed body may expand to one upload's worth (the byte budget counted its compressed size).
     body = decompress(await request.body(), content_encoding, settings.max_upload_bytes)
@@ -189,7 +199,7 @@ async def infer(
     unknown = sorted(set(wanted) - set(served))
     if unknown:
         raise ProtocolError(400, f"unknown outputs {unknown}; model {manifest.name!r} has {served}")
-    per_image = await _infer_all(state.pipeline, tensor)
+    per_image = await _infer_all(model.pipeline, tensor)
     outputs = [(out, np.stack([i[out] for i in per_image]).astype(np.float32), wire) for out, wire in wanted.items()]
     content, header_length = encode_infer_response(manifest.name, manifest.version, parsed.id, outputs)
     if header_length is None:

@@ -12,18 +12,18 @@ DEPLOY = REPO / "deploy"
 DOCKERFILES = {"cpu": DEPLOY / "docker" / "Dockerfile.cpu", "gpu": DEPLOY / "docker" / "Dockerfile.gpu"}
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "saliency.json"
 
-# The metric families the service exports (issue 5's contract) and their labels. Histograms also expose
-# <name>_bucket / _sum / _count, counters <name>_total.
+# The metric families the service exports (issue 5's contract, issue 12's model label) and their labels.
+# Histograms also expose <name>_bucket / _sum / _count, counters <name>_total.
 EXPORTED_METRICS: dict[str, tuple[str, set[str]]] = {
-    "saliency_requests": ("counter", {"route", "method", "status", "protocol"}),
+    "saliency_requests": ("counter", {"route", "method", "status", "protocol", "model"}),
     "saliency_request_latency_seconds": ("histogram", {"route", "protocol"}),
-    "saliency_queue_wait_seconds": ("histogram", set()),
-    "saliency_inference_seconds": ("histogram", set()),
-    "saliency_batch_size": ("histogram", set()),
-    "saliency_queue_depth": ("gauge", set()),
+    "saliency_queue_wait_seconds": ("histogram", {"model"}),
+    "saliency_inference_seconds": ("histogram", {"model"}),
+    "saliency_batch_size": ("histogram", {"model"}),
+    "saliency_queue_depth": ("gauge", {"model"}),
     "saliency_inflight_requests": ("gauge", set()),
     "saliency_errors": ("counter", {"code"}),
-    "saliency_stage_seconds": ("histogram", {"stage"}),
+    "saliency_stage_seconds": ("histogram", {"model", "stage"}),
     "saliency_model_info": ("gauge", {"name", "version", "variant", "provider"}),
 }
 

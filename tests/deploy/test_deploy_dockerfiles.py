@@ -84,7 +84,7 @@ def test_dockerignore_matcher_follows_docker_semantics() -> None:
 def test_copy_sources_exist_and_reach_the_build_context(dockerfiles: dict[str, Dockerfile], kind: str) -> None:
     rules = _dockerignore_rules()
     sources = _copy_sources(dockerfiles[kind])
-    assert {"pyproject.toml", "service/", "bundles/default/"} <= set(sources)
+    assert {"pyproject.toml", "service/", "bundles/"} <= set(sources)
     for source in sources:
         assert (REPO / source).exists(), f"{kind}: COPY source {source} does not exist in the repository"
         files = _files_of(source)

@@ -204,8 +204,12 @@ def test_prometheus_counts_the_requests_that_were_sent(stack: Stack) -> None:
     assert float(errors["value"][1]) == N_CORRUPT
     (batches,) = stack.query("sum(saliency_batch_size_sum)")
     assert float(batches["value"][1]) == N_OK, "every decoded image passes through exactly one batch"
-    (info,) = stack.query("saliency_model_info")
-    assert info["value"][1] == "1" and info["metric"]["provider"] == "CPUExecutionProvider"
+    served = httpx.get(f"{stack.service}/models", timeout=10).json()["models"]
+    infos = stack.query("saliency_model_info")
+    assert sorted(i["metric"]["name"] for i in infos) == sorted(m["name"] for m in served)  # one series per model
+    assert all(i["value"][1] == "1" and i["metric"]["provider"] == "CPUExecutionProvider" for i in infos)
+    per_model = stack.query("sum by (model) (saliency_batch_size_count)")
+    assert {m["metric"]["model"] for m in per_model} <= {m["name"] for m in served}
 
 
 def test_alert_rules_evaluate_without_errors_and_stay_quiet(stack: Stack) -> None:

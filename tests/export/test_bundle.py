@@ -12,12 +12,18 @@ import torch
 from google.protobuf import text_format
 from triton_model_config import ModelConfig
 
-from export.bundle import INT8_MAE_RISE, INT8_MAX_F_DROP, ExportOptions, export_bundle
+from export.bundle import (
+    INT8_MAE_RISE,
+    INT8_MAX_F_DROP,
+    INT8_MIN_TOP_WEIGHT_AGREEMENT,
+    ExportOptions,
+    export_bundle,
+)
 from export.checkpoint import load_checkpoint
 from export.images import list_images, load_batch
 from export.onnx_export import attention_output_name, describe_outputs, export_onnx
 from export.parity import ParityError, check_parity, cpu_session, max_abs_diff
-from export.quantize import input_conv_nodes, output_logit_nodes, quantize_int8
+from export.quantize import attention_consumer_nodes, input_conv_nodes, output_logit_nodes, quantize_int8
 from export.tensorrt import detect_tensorrt
 from service.manifest import BundleError, Manifest, load_manifest, resolve_bundle, sha256_file
 
@@ -123,6 +129,10 @@ def test_int8_shipped_only_within_accuracy_bound(exported) -> None:
     fp32 = report["int8"]["accuracy"]["fp32"]
     int8 = report["int8"]["accuracy"]["int8"]
     within = fp32["max_f"] - int8["max_f"] <= INT8_MAX_F_DROP and int8["mae"] - fp32["mae"] <= INT8_MAE_RISE
+    agreement = report["int8"]["attention_top_weight_agreement_vs_fp32"]
+    assert set(agreement) == {o.name for o in manifest.outputs if o.attention and o.attention.kind != "spatial"}
+    assert all(0.0 <= v <= 1.0 for v in agreement.values())
+    within = within and min(agreement.values()) >= INT8_MIN_TOP_WEIGHT_AGREEMENT
     assert report["int8"]["shipped"] is within
     if within:
         assert (out / "model.int8.onnx").is_file() and manifest.variants["int8"].precision == "int8"
@@ -150,6 +160,11 @@ def test_int8_keeps_the_first_layer_and_the_output_logit_convolutions_in_float(
     convs = {n.name: n for n in int8.graph.node if n.op_type == "Conv"}
     assert all(convs[name].input[1] not in dequantized for name in kept | set(first))  # float weights
     assert sum(n.input[1] in dequantized for n in convs.values()) > len(convs) // 2  # the rest is int8
+    # GAP's pooling MatMul reads the softmax weights that attn_global outputs: it stays float, so the output does too.
+    readers = attention_consumer_nodes(fp32, outputs)
+    assert len(readers) == 1 and readers[0].endswith("MatMul")
+    nodes = {n.name: n for n in int8.graph.node}
+    assert not set(nodes[readers[0]].input) & dequantized
 
 
 def test_fp16_variant_keeps_float_io_and_stays_close(exported, fixture_images: Path) -> None:

@@ -18,7 +18,8 @@ def test_self_attention_is_eq1_to_eq4() -> None:
     with torch.no_grad():
         module.gamma.fill_(1.3)
     x = torch.randn(2, 16, 3, 5, dtype=torch.float64)
-    y = module(x)
+    y, weights = module(x)
+    assert weights.shape == (2, 15, 3, 5)
     assert module.f.out_channels == module.g.out_channels == 2  # C/8
     for b in range(2):
         f = module.f(x)[b].reshape(2, -1)
@@ -30,6 +31,7 @@ def test_self_attention_is_eq1_to_eq4() -> None:
             s = torch.stack([f[:, i] @ g[:, j] for i in range(n)])  # s_ij = f(x_i)^T g(x_j)
             beta = torch.exp(s) / torch.exp(s).sum()  # softmax over positions i
             o[:, j] = sum(beta[i] * h[:, i] for i in range(n))
+            torch.testing.assert_close(weights[b, :, j // 5, j % 5], beta)  # pixel j's weights over every i
         torch.testing.assert_close(y[b], 1.3 * o.reshape(16, 3, 5) + x[b])
 
 
@@ -37,7 +39,7 @@ def test_self_attention_starts_as_identity() -> None:
     module = SelfAttention(16)
     assert module.gamma.item() == 0.0
     x = torch.randn(1, 16, 4, 4)
-    torch.testing.assert_close(module(x), x, rtol=0, atol=0)
+    torch.testing.assert_close(module(x)[0], x, rtol=0, atol=0)
     model = build_model("arn_lite")
     assert [m.gamma.item() for m in model.attention.values()] == [0.0, 0.0]
 
@@ -89,11 +91,20 @@ def test_transposed_convolution_upsamples_exactly(factor: int) -> None:
 
 def test_arn_side_outputs_follow_the_stages() -> None:
     model = build_model("arn_vgg16").eval()
-    assert model.attention_stages == (5, 4, 3, 2) and model.attention_geometry() == []
+    assert model.attention_stages == (5, 4, 3, 2)
+    # Only S5's self-attention is returned: a "global" grid covering the whole 14×14 map at stride 16.
+    assert [(g.name, g.kind, g.grid, g.dilation, g.stride, g.offset) for g in model.attention_geometry()] == [
+        ("self/s5", "global", 14, 1, 16, 0)
+    ]
     assert [model.encoder.channels[i] for i in (1, 2, 3, 4)] == [128, 256, 512, 512]  # Conv2_2…Conv5_3
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     assert [tuple(s.shape[-2:]) for s in out.saliency] == [(4, 4), (8, 8), (16, 16), (32, 32)]
+    weights = out.attention["self/s5"]  # 4×4 map at 64 px: 16 weights per pixel, a softmax over the map
+    assert list(out.attention) == ["self/s5"] and weights.shape == (1, 16, 4, 4)
+    torch.testing.assert_close(weights.sum(dim=1), torch.ones(1, 4, 4))
+    effl0 = build_model("arn_effl0")
+    assert [(g.name, g.grid, g.stride) for g in effl0.attention_geometry()] == [("self/s5", 7, 32), ("self/s4", 14, 16)]
     lite = build_model("arn_lite", attention_stages=(5, 4, 3))
     assert sorted(lite.attention) == ["3", "4", "5"]
     with pytest.raises(ValueError, match="among 5, 4, 3, 2"):

@@ -68,7 +68,7 @@ def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def make_settings(bundle_dir: Path) -> Callable[..., Settings]:
     def make(**overrides: object) -> Settings:
-        values = {"bundle": str(bundle_dir), "log_json": False, "max_delay_ms": 5.0} | overrides
+        values = {"bundle": str(bundle_dir), "models": "", "log_json": False, "max_delay_ms": 5.0} | overrides
         return Settings(**values)
 
     return make

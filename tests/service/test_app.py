@@ -31,7 +31,7 @@ async def test_saliency_json_at_original_size(client: httpx.AsyncClient) -> None
     assert body["overlay_png"] is None and body["attention"] is None
     assert set(body["timings"]) == {"decode", "queue", "inference", "postprocess"}
     assert all(v >= 0 for v in body["timings"].values()) and body["timings"]["inference"] > 0
-    manifest = client.app.state.service.engine.manifest  # type: ignore[attr-defined]
+    manifest = client.app.state.service.repository.default.engine.manifest  # type: ignore[attr-defined]
     assert body["model"]["name"] == manifest.name and body["model"]["version"] == manifest.version
 
 
@@ -55,7 +55,7 @@ async def test_overlay_and_attention(client: httpx.AsyncClient) -> None:
     high, low = body["attention"]
     assert saliency[int(high["y"]), int(high["x"])] == saliency.max()
     assert saliency[int(low["y"]), int(low["x"])] == saliency.min()
-    manifest = client.app.state.service.engine.manifest  # type: ignore[attr-defined]
+    manifest = client.app.state.service.repository.default.engine.manifest  # type: ignore[attr-defined]
     assert [m["output"] for m in high["maps"]] == [o.name for o in manifest.output("attention")]
     for attention_map in high["maps"]:
         assert len(attention_map["weights"]) == attention_map["grid"] ** 2
@@ -63,6 +63,19 @@ async def test_overlay_and_attention(client: httpx.AsyncClient) -> None:
         assert heat.shape == (60, 80)
         if attention_map["kind"] == "global" and attention_map["normalization"] == "softmax":
             assert sum(w["weight"] for w in attention_map["weights"]) == pytest.approx(1.0, abs=1e-4)
+    # One image-level map per attention output, drawn from the same numbers the weights came from.
+    summaries = {"global": "received", "local": "spread", "spatial": "map"}
+    image_maps = body["attention_maps"]
+    assert [(m["output"], m["summary"]) for m in image_maps] == [
+        (o.name, summaries[o.attention.kind]) for o in manifest.output("attention")
+    ]
+    for image_map in image_maps:
+        heat = decode_png_b64(image_map["heatmap_png"])
+        assert heat.shape == (60, 80) and heat.max() > 200 and image_map["peak"] > 0  # 255 before resizing
+        if image_map["summary"] == "received":  # a softmax over the grid: on average one unit handed out per pixel
+            assert image_map["peak"] <= 1.0
+    plain = (await client.post("/saliency", files=upload(encode(scene(80, 60))))).json()
+    assert plain["attention_maps"] is None
 
 
 async def test_attention_heatmap_peaks_where_the_weights_say(client: httpx.AsyncClient) -> None:
@@ -73,7 +86,9 @@ async def test_attention_heatmap_peaks_where_the_weights_say(client: httpx.Async
     body = response.json()
     assert body["saliency_png"] is None
     assert [(p["x"], p["y"]) for p in body["attention"]] == [(70, 10), (5, 55)]
-    specs = {o.name: o.attention for o in client.app.state.service.engine.manifest.output("attention")}  # type: ignore[attr-defined]
+    specs = {
+        o.name: o.attention for o in client.app.state.service.repository.default.engine.manifest.output("attention")
+    }  # type: ignore[attr-defined]
     for point in body["attention"]:
         for attention_map in point["maps"]:
             heat = decode_png_b64(attention_map["heatmap_png"]).astype(float)
@@ -223,24 +238,28 @@ async def test_not_ready_before_startup(make_settings: Callable[..., Settings]) 
 async def test_metrics_after_traffic(client: httpx.AsyncClient) -> None:
     await client.post("/saliency", files=upload(encode(scene(40, 30))))
     await client.post("/saliency", files=upload(b"junk"))
+    await client.get("/healthz")
     text = (await client.get("/metrics")).text
-    assert 'saliency_requests_total{method="POST",protocol="saliency",route="/saliency",status="200"} 1.0' in text
-    assert 'saliency_requests_total{method="POST",protocol="saliency",route="/saliency",status="415"} 1.0' in text
+    info = client.app.state.service.repository.default.engine.info  # type: ignore[attr-defined]
+    model = f'model="{info.manifest.name}"'
+    requests = 'saliency_requests_total{{method="POST",{},protocol="saliency",route="/saliency",status="{}"}} 1.0'
+    assert requests.format(model, 200) in text
+    assert requests.format(model, 415) in text
     for name in (
         'saliency_request_latency_seconds_bucket{le="0.005",protocol="saliency",route="/saliency"}',
-        "saliency_queue_wait_seconds_count 1.0",
-        "saliency_inference_seconds_count",
-        'saliency_batch_size_bucket{le="1.0"}',
-        "saliency_queue_depth 0.0",
+        f"saliency_queue_wait_seconds_count{{{model}}} 1.0",
+        f"saliency_inference_seconds_count{{{model}}}",
+        f'saliency_batch_size_bucket{{le="1.0",{model}}}',
+        f"saliency_queue_depth{{{model}}} 0.0",
         "saliency_inflight_requests 1.0",  # the /metrics request itself
         'saliency_errors_total{code="unsupported_media_type"} 1.0',
-        'saliency_stage_seconds_count{stage="decode"} 1.0',  # junk is refused from its first bytes
-        'saliency_stage_seconds_count{stage="preprocess"} 1.0',
-        'saliency_stage_seconds_count{stage="postprocess"} 1.0',
-        'saliency_stage_seconds_count{stage="encode"} 1.0',
+        f'saliency_stage_seconds_count{{{model},stage="decode"}} 1.0',  # junk is refused from its first bytes
+        f'saliency_stage_seconds_count{{{model},stage="preprocess"}} 1.0',
+        f'saliency_stage_seconds_count{{{model},stage="postprocess"}} 1.0',
+        f'saliency_stage_seconds_count{{{model},stage="encode"}} 1.0',
+        'saliency_requests_total{method="GET",model="",protocol="saliency",route="/healthz",status="200"} 1.0',
     ):
         assert name in text, name
-    info = client.app.state.service.engine.info  # type: ignore[attr-defined]
     assert (
         f'saliency_model_info{{name="{info.manifest.name}",provider="CPUExecutionProvider",'
         f'variant="{info.variant}",version="{info.manifest.version}"}} 1.0'

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from service.attention import cell_centres, extreme_points, feature_cell, grid_cells, place_attention
+from service.attention import (
+    attention_summary,
+    cell_centres,
+    extreme_points,
+    feature_cell,
+    grid_cells,
+    place_attention,
+)
 from service.manifest import AttentionSpec
 
 GLOBAL = AttentionSpec(kind="global", grid=7, dilation=2, stride=16, offset=1, normalization="softmax")
@@ -66,3 +73,34 @@ def test_extreme_points() -> None:
     saliency[1, 6] = 1.0
     saliency[4, 2] = 0.0
     assert extreme_points(saliency) == [(6, 1), (2, 4)]
+
+
+def test_global_summary_is_the_attention_each_cell_receives() -> None:
+    whole = AttentionSpec(kind="global", grid=2, dilation=1, stride=8, normalization="softmax")
+    weights = np.zeros((4, 2, 2))
+    weights[0] = 1.0  # every pixel looks at cell (0, 0) ...
+    weights[:, 1, 1] = [0.0, 0.0, 0.0, 1.0]  # ... but pixel (1, 1) looks at cell (1, 1)
+    np.testing.assert_allclose(attention_summary(weights, whole), [[0.75, 0.0], [0.0, 0.25]])
+    sparse = AttentionSpec(kind="global", grid=2, dilation=2, stride=8, normalization="softmax")  # cells 0 and 2
+    received = attention_summary(np.full((4, 3, 3), 0.25), sparse)
+    np.testing.assert_allclose(received, [[0.25, 0, 0.25], [0, 0, 0], [0.25, 0, 0.25]])
+    assert received.sum() == 1.0  # a softmax hands out exactly one unit per pixel, on average one in all
+
+
+def test_local_summary_is_the_spread_in_feature_cells() -> None:
+    window = AttentionSpec(kind="local", grid=3, dilation=2, stride=4, normalization="softmax")
+    weights = np.zeros((9, 1, 3))
+    weights[4, 0, 0] = 1.0  # looks at itself
+    weights[0, 0, 1] = 1.0  # looks at the top-left cell: 2 cells up and 2 left
+    weights[[1, 3], 0, 2] = 0.5  # half up, half left: 2 cells away either way
+    np.testing.assert_allclose(attention_summary(weights, window), [[0.0, np.hypot(2, 2), 2.0]], rtol=1e-6)
+    gates = AttentionSpec(kind="local", grid=3, dilation=1, stride=4, normalization="sigmoid")
+    spread = attention_summary(np.full((9, 1, 1), 0.5), gates)  # equal gates: the mean distance of the window
+    np.testing.assert_allclose(spread, [[(4 * 1 + 4 * np.sqrt(2)) / 9]], rtol=1e-6)
+    assert attention_summary(np.zeros((9, 1, 1)), gates)[0, 0] == 0.0  # all gates shut: no spread, no NaN
+
+
+def test_spatial_summary_is_the_map() -> None:
+    spatial = AttentionSpec(kind="spatial", grid=1, dilation=1, stride=4, normalization="sigmoid")
+    values = np.random.default_rng(0).random((1, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(attention_summary(values, spatial), values[0])

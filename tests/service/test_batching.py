@@ -25,13 +25,13 @@ def upload(data: bytes) -> dict:
 def block_inference(app: FastAPI) -> threading.Event:
     """Occupy the single inference thread, as a long batch would; set the returned event to free it."""
     release = threading.Event()
-    app.state.service.engine._executor.submit(release.wait, 30)
+    app.state.service.repository.default.engine._executor.submit(release.wait, 30)
     return release
 
 
 async def wait_for_depth(app: FastAPI, depth: int) -> None:
     """Wait until ``depth`` images are queued behind a running batch."""
-    batcher = app.state.service.pipeline.batcher
+    batcher = app.state.service.repository.default.pipeline.batcher
     for _ in range(2000):
         if batcher.depth == depth and batcher.running:
             return
@@ -69,8 +69,10 @@ async def test_concurrent_requests_form_batches_and_answers_reach_their_callers(
             # Same image alone or in a batch: the same map up to one grey level of rounding.
             assert np.abs(decode_png_b64(body["saliency_png"]).astype(int) - expected).max() <= 1
         metrics = (await client.get("/metrics")).text
-        line = next(x for x in metrics.splitlines() if x.startswith('saliency_batch_size_bucket{le="1.0"}'))
-        assert float(line.split()[-1]) < float(metrics.split("saliency_batch_size_count ")[1].split()[0])
+        lines = metrics.splitlines()
+        single = next(x for x in lines if x.startswith('saliency_batch_size_bucket{le="1.0",model='))
+        batches = next(x for x in lines if x.startswith("saliency_batch_size_count{model="))
+        assert float(single.split()[-1]) < float(batches.split()[-1])
 
 
 async def test_full_queue_is_503_with_retry_after(make_settings: Callable[..., Settings]) -> None:
@@ -100,7 +102,7 @@ async def test_timeout_is_504_and_the_server_recovers(make_settings: Callable[..
         metrics = (await client.get("/metrics")).text
         assert 'saliency_errors_total{code="timeout"} 1.0' in metrics
         # The batcher still serves (asked directly, with a timeout this busy machine can always meet).
-        pipeline = client.app.state.service.pipeline  # type: ignore[attr-defined]
+        pipeline = client.app.state.service.repository.default.pipeline  # type: ignore[attr-defined]
         size = pipeline.engine.input_size
         result = await pipeline.batcher.infer(np.zeros((3, size, size), np.float32), timeout_s=120)
         assert result.outputs["saliency"].shape[0] == 1

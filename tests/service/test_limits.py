@@ -72,7 +72,7 @@ async def test_post_processing_memory_does_not_grow_with_the_image(make_settings
         points=[(float(x), float(y)) for x in range(0, 6000, 1500) for y in range(0, 6000, 1500)],
     )
     async with running_app(make_settings()) as client:
-        pipeline = client.app.state.service.pipeline  # type: ignore[attr-defined]
+        pipeline = client.app.state.service.repository.default.pipeline  # type: ignore[attr-defined]
         deadline = Deadline(120)
         header = pipeline._header(data)
         decoded = pipeline._decode(data, header, pipeline._map_side(options), deadline)
@@ -188,7 +188,7 @@ async def test_api_key_is_checked_before_the_body_is_read(make_settings: Callabl
 
 async def test_one_deadline_covers_decoding_too(make_settings: Callable[..., Settings]) -> None:
     async with running_app(make_settings(request_timeout_s=0.5)) as client:
-        pool = client.app.state.service.pipeline.pool  # type: ignore[attr-defined]
+        pool = client.app.state.service.repository.default.pipeline.pool  # type: ignore[attr-defined]
         gate = threading.Event()
         blockers = [pool.submit(gate.wait, 30) for _ in range(pool._max_workers)]  # decoding threads all busy
         response = await client.post("/saliency", files=upload(encode(scene(40, 30))))

@@ -9,6 +9,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -122,6 +123,13 @@ def test_client_cli_saves_maps_and_fails_on_errors(server: str, tmp_path: Path) 
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 1 and json.loads(result.stdout)["failures"][0]["status"] == "415"
+    other = httpx.get(f"{server}/models").json()["models"][-1]["name"]
+    result = subprocess.run(
+        [*cmd[:4], "--url", server, "--out", str(out / "other"), "--model", other],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "other" / "a.json").read_text())["model"]["name"] == other
 
 
 def test_loadtest_cli(server: str, tmp_path: Path) -> None:
@@ -140,7 +148,11 @@ def test_loadtest_cli(server: str, tmp_path: Path) -> None:
     assert summary["throughput_rps"] > 0
     # The load went through the batcher: the server's own metrics count it.
     metrics = httpx.get(f"{server}/metrics").text
-    assert 'saliency_requests_total{method="POST",protocol="saliency",route="/saliency",status="200"}' in metrics
+    assert re.search(
+        r'saliency_requests_total\{method="POST",model="[^"]+",protocol="saliency",route="/saliency",'
+        r'status="200"\}',
+        metrics,
+    )
 
 
 @pytest.mark.browser
@@ -168,6 +180,33 @@ def test_demo_page_in_chromium(server: str, tmp_path: Path) -> None:
             assert "attn_global" in outputs and any(o.startswith("attn_local") for o in outputs)
             shot = np.asarray(Image.open(__import__("io").BytesIO(page.screenshot())).convert("RGB"))
             assert shot.std() > 5  # something was painted, not a blank page
+            # The picker lists every served model; each one answers, and a click shows that model's attention maps.
+            models = httpx.get(f"{server}/models").json()["models"]
+            assert page.eval_on_selector_all("#model option", "os => os.map(o => o.value)") == [
+                m["name"] for m in models
+            ]
+            for model in [*models[1:], models[0]] if len(models) > 1 else []:  # each a change of the picker
+                page.select_option("#model", model["name"])
+                page.wait_for_function(
+                    "([name]) => document.getElementById('overlay-caption').textContent.startsWith(name + ' ') "
+                    "&& document.getElementById('status').textContent.startsWith('Done')",
+                    arg=[model["name"]],
+                )
+                attention = [o["name"] for o in model["outputs"] if o["kind"] == "attention"]
+                image_maps = page.eval_on_selector_all(
+                    "canvas.image-attention-map", "cs => cs.map(c => c.dataset.output)"
+                )
+                assert image_maps == attention, model["name"]  # where it looked over the whole image
+                if "attention" not in model["options"]:
+                    continue
+                page.click("#overlay", position={"x": 30, "y": 40})
+                page.wait_for_function("document.getElementById('status').textContent.startsWith('Attention of pixel')")
+                shown = page.eval_on_selector_all("canvas.attention-map", "cs => cs.map(c => c.dataset.output)")
+                assert shown == attention, model["name"]
+            if len(models) > 1:
+                page.click("#compare")
+                page.wait_for_function("document.getElementById('status').textContent === 'Compared.'")
+                assert page.eval_on_selector_all("img.compared-map", "ms => ms.length") == len(models)
         finally:
             browser.close()
 
@@ -206,7 +245,10 @@ def test_triton_client_reads_server_and_model_metadata(
     assert triton_client.is_model_ready(manifest.name)
     assert triton_client.is_model_ready("default", manifest.version)
     index = triton_client.get_model_repository_index()
-    assert index == [{"name": manifest.name, "version": manifest.version, "state": "READY"}]
+    assert index[0] == {"name": manifest.name, "version": manifest.version, "state": "READY"}  # the default first
+    assert {e["state"] for e in index} == {"READY"} and len({e["name"] for e in index}) == len(index)
+    for entry in index[1:]:  # every other model of the repository answers its own metadata
+        assert triton_client.get_model_metadata(entry["name"])["versions"] == [entry["version"]]
     with pytest.raises(InferenceServerException) as info:
         triton_client.get_model_metadata("no_such_model")
     assert info.value.status() == "404" and "no_such_model" in info.value.message()

@@ -129,7 +129,7 @@ async def test_v2_errors_use_the_protocols_shape(make_settings: Callable[..., Se
         headers = {"Authorization": "Bearer k1"}
         unknown = await client.get("/v2/models/nope/versions/3", headers=headers)
         assert unknown.status_code == 404 and "nope" in unknown.json()["error"]
-        name = client.app.state.service.engine.manifest.name  # type: ignore[attr-defined]
+        name = client.app.state.service.repository.default.engine.manifest.name  # type: ignore[attr-defined]
         wrong_version = await client.get(f"/v2/models/{name}/versions/999/ready", headers=headers)
         assert wrong_version.status_code == 404
         three = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3], "data": ["a", "b", "c"]}]}

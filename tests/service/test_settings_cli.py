@@ -78,7 +78,7 @@ def run_service(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
 def test_missing_bundle_exits_with_a_clear_message(tmp_path: Path) -> None:
     result = run_service("--bundle", str(tmp_path / "nothing"), "--port", "1")
     assert result.returncode == 2
-    assert "cannot load bundle" in result.stderr and "no bundle" in result.stderr
+    assert "cannot load the models" in result.stderr and "no bundle" in result.stderr
 
 
 def test_tampered_bundle_exits_with_a_clear_message(bundle_dir: Path, tmp_path: Path) -> None:
@@ -109,3 +109,9 @@ def test_service_imports_no_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_missing_model_beside_the_default_refuses_start(bundle_dir: Path, tmp_path: Path) -> None:
+    result = run_service("--bundle", str(bundle_dir), "--models", f"{bundle_dir},{tmp_path / 'gone'}", "--port", "1")
+    assert result.returncode == 2
+    assert "cannot load the models" in result.stderr and "gone" in result.stderr

@@ -17,12 +17,13 @@ from models import build_model
 from training import evaluate as evaluate_module
 from training import report
 from training.data import list_pairs, load_mask, load_rgb
-from training.evaluate import EvaluationError, evaluate, make_predictor
+from training.evaluate import EvaluationError, evaluate, fit_centre_bias, make_predictor
 from training.metrics import SaliencyMetrics, to_uint8
 from training.transforms import Preprocess, preprocess_image
 
 METRIC_KEYS = {"n_images", "mae", "max_f", "mean_f", "adaptive_f", "s_measure", "max_e", "mean_e", "adaptive_e"}
 METRIC_KEYS |= {"weighted_f"}
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
 
 def _reference(sod_dir: Path, prob_fn) -> dict[str, float]:
@@ -153,9 +154,9 @@ def test_attention_maps_are_scored_against_fixations(
     samples = list_pairs(sod_dir / "images", sod_dir / "masks")
     fixations = sod_dir / "fixations.csv"
     predictor = make_predictor(checkpoint=str(tmp_path / "m.pt"), attention="spatial/d1")
-    on_attention, _ = evaluate(predictor, samples, fixations, progress=False)
+    with_attention, _ = evaluate(predictor, samples, fixations, progress=False)
     on_saliency, _ = evaluate(make_predictor(checkpoint=str(tmp_path / "m.pt")), samples, fixations, progress=False)
-    assert predictor.description["fixations_scored"] == "attention spatial/d1"
+    on_attention = with_attention["attention"]["spatial/d1"]
     # The same maps written as 8-bit images and scored as predictions: equal up to the quantization.
     maps = tmp_path / "maps"
     maps.mkdir()
@@ -169,16 +170,52 @@ def test_attention_maps_are_scored_against_fixations(
     on_disk, _ = evaluate(make_predictor(predictions=str(maps)), samples, fixations, progress=False)
     for key in ("nss", "cc", "kl", "shuffled_auc", "information_gain"):
         assert on_attention[key] == pytest.approx(on_disk[key], abs=0.02), key
+        assert with_attention[key] == on_saliency[key], key  # the saliency map's own gaze metrics stay beside
     assert on_attention["nss"] != pytest.approx(on_saliency["nss"], abs=1e-3)
     for key in METRIC_KEYS:  # the SOD metrics still score the saliency map
-        assert on_attention[key] == on_saliency[key], key
+        assert with_attention[key] == on_saliency[key], key
+    every = make_predictor(checkpoint=str(tmp_path / "m.pt"), attention="all")
+    assert set(evaluate(every, samples, fixations, progress=False)[0]["attention"]) == set(model_keys(model))
+    # Eye-tracking sets have no masks: only the gaze metrics, the same as with masks.
+    no_masks, _ = evaluate(predictor, list_pairs(sod_dir / "images", None), fixations, progress=False)
+    assert "max_f" not in no_masks and no_masks["attention"]["spatial/d1"] == on_attention
+    assert no_masks["shuffled_auc"] == with_attention["shuffled_auc"]
+    # The information-gain baseline fitted on other images' fixations, never on the evaluated ones.
+    split = tmp_path / "fit.txt"
+    split.write_text("pascals_2\npascals_4\npascals_5\n")
+    rest = [s for s in samples if s.stem not in {"pascals_2", "pascals_4", "pascals_5"}]
+    bias = fit_centre_bias(fixations, sod_dir / "images", split, rest)
+    fitted, _ = evaluate(predictor, rest, fixations, progress=False, centre_bias=bias)
+    assert fitted["ig_baseline"].startswith("centre_bias fitted on") and "3 training images" in fitted["ig_baseline"]
+    assert fitted["attention"]["spatial/d1"]["ig_baseline"] == fitted["ig_baseline"]
+    with pytest.raises(EvaluationError, match="lists evaluated images"):
+        fit_centre_bias(fixations, sod_dir / "images", split, samples)
+    with pytest.raises(EvaluationError, match="nothing to score"):
+        evaluate(predictor, list_pairs(sod_dir / "images", None), None, progress=False)
     with pytest.raises(EvaluationError, match="no attention map 'spatial/d9'"):
-        evaluate(make_predictor(checkpoint=str(tmp_path / "m.pt"), attention="spatial/d9"), samples, fixations)
-    with pytest.raises(EvaluationError, match="applies to --checkpoint only"):
+        make_predictor(checkpoint=str(tmp_path / "m.pt"), attention="spatial/d9")
+    with pytest.raises(EvaluationError, match="applies to --bundle and --checkpoint only"):
         make_predictor(baseline="centre_prior", attention="spatial/d1")
     with pytest.raises(SystemExit):
         _run_cli(capsys, sod_dir, "--checkpoint", str(tmp_path / "m.pt"), "--attention", "spatial/d1")
     assert "give --fixations too" in capsys.readouterr().err
+
+
+def model_keys(model: torch.nn.Module) -> list[str]:
+    return [g.name for g in model.attention_geometry()]
+
+
+@pytest.mark.skipif(not (BUNDLES / "default" / "manifest.json").is_file(), reason="no committed default bundle")
+def test_every_attention_output_of_a_bundle_is_scored_on_gaze(sod_dir: Path) -> None:
+    manifest = json.loads((BUNDLES / "default" / "manifest.json").read_text())
+    attention = [o["name"] for o in manifest["outputs"] if o.get("attention")]
+    samples = list_pairs(sod_dir / "images", None)
+    results, _ = evaluate(make_predictor(bundle="default", attention="all"), samples, sod_dir / "fixations.csv", False)
+    assert list(results["attention"]) == attention
+    for metrics in results["attention"].values():
+        assert 0.0 <= metrics["shuffled_auc"] <= 1.0 and np.isfinite(metrics["information_gain"])
+    with pytest.raises(EvaluationError, match="no attention map 'attn_nowhere'"):
+        make_predictor(bundle="default", attention="attn_nowhere")
 
 
 def test_baselines_and_fixations_through_the_cli(sod_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from training.baselines import baseline_map, centre_prior, spectral_residual
 from training.data import read_fixations
 from training.fixation_metrics import (
+    CentreBias,
     FixationMetrics,
     auc,
     cc,
@@ -115,3 +116,30 @@ def test_baselines() -> None:
     assert sr[18:38, 28:48].mean() > 2 * sr[:, :20].mean()
     with pytest.raises(ValueError, match="unknown baseline"):
         baseline_map("nope", Image.fromarray(image))
+
+
+def test_a_constant_map_scores_chance_against_a_uniform_baseline() -> None:
+    constant = np.full((6, 8), 0.3)
+    fixations = np.array([[1, 1], [6, 4]])
+    others = np.array([[0.2, 0.9], [0.7, 0.1], [0.5, 0.5]])
+    assert shuffled_auc(constant, fixations, others) == pytest.approx(0.5)
+    assert information_gain(constant, fixations, np.ones((6, 8))) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_centre_bias_is_fitted_where_training_fixations_fall() -> None:
+    bias = CentreBias(np.array([[0.25, 0.75]] * 50 + [[0.8, 0.1]] * 10), images=3)
+    assert bias.name == "centre_bias fitted on 60 fixations of 3 training images"
+    for shape in ((40, 60), (90, 30)):
+        values = bias(shape)
+        assert values.shape == shape and values.min() > 0  # the uniform share: no pixel is impossible
+        row, col = np.unravel_index(int(values.argmax()), shape)
+        assert row / shape[0] == pytest.approx(0.75, abs=0.05) and col / shape[1] == pytest.approx(0.25, abs=0.05)
+    # A map equal to the baseline gains nothing over it; the baseline's own bits name it in the results.
+    fixations = np.array([[15, 30], [48, 4]])
+    assert information_gain(bias((40, 60)), fixations, bias((40, 60))) == pytest.approx(0.0, abs=1e-12)
+    metrics = FixationMetrics(baseline=bias)
+    metrics.update(bias((40, 60)), fixations, np.array([[0.5, 0.5]]))
+    results = metrics.results()
+    assert results["information_gain"] == pytest.approx(0.0, abs=1e-12) and results["ig_baseline"] == bias.name
+    with pytest.raises(ValueError, match="needs fixations"):
+        CentreBias(np.zeros((0, 2)), images=0)
