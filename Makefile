@@ -37,7 +37,7 @@ lint: $(VENV)/.dev
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 bench: $(VENV)/.dev
-	$(BIN)/python -m export.bench --bundle default --baseline picanet_lite_scratch
+	$(BIN)/python -m export.bench --bundle default --baseline picanet_lite_scratch --also class_effl0,arn_effl0
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
