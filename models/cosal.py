@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.backbones.efficientnet_lite import EfficientNetLite
 from models.backbones.mobile import CompactEncoder
 from models.backbones.vgg import VGG16Encoder
 from models.layers import ConvBNReLU, init_weights
@@ -244,7 +245,11 @@ class CoSaliencyNet(nn.Module):
         return self.rfm(features, boxes)
 
     def forward(self, x: Tensor) -> ModelOutput:
-        feats = self.encoder(x)
+        return self.decode(self.encoder(x))
+
+    def decode(self, feats: Sequence[Tensor]) -> ModelOutput:
+        """Everything after the encoder, from its features ``[En1, …, EnN]``: with a frozen encoder, training can
+        compute them once per image and run only this part."""
         sensitive = self.sensitive(feats[-1])
         hidden = sensitive
         sides: list[Tensor] = []
@@ -283,6 +288,27 @@ def cosal_lite(input_size: int = 224, frozen_encoder: bool = False, **encoder_kw
     return CoSaliencyNet(
         encoder,
         sensitive_channels=96,
+        anchor_sizes=scaled_anchor_sizes(input_size),
+        embedding_dim=128,
+        rfm_hidden=256,
+        input_size=input_size,
+        frozen_encoder=frozen_encoder,
+    )
+
+
+@register_model("cosal_effl0", paper=_PAPER)
+def cosal_effl0(input_size: int = 320, frozen_encoder: bool = True, output_stride: int = 16) -> CoSaliencyNet:
+    """Co-saliency net on the frozen ImageNet EfficientNet-Lite0 encoder (the paper froze an ImageNet VGG16).
+
+    The last stage is dilated to output stride 16, the stride of the paper's VGG16 conv5, so ``R`` (128 channels)
+    is 20×20 on the 320 px scenes; U-Net decoder down to stride 2; 128-d region vectors; anchors scaled from the
+    paper's 128/256/512 px on ~512 px images. Load the ImageNet weights with ``model.encoder.load_pretrained()``
+    before training. Deviations: EfficientNet-Lite0 instead of VGG16 (the ImageNet weights that can be had here),
+    320 px scenes instead of the paper's 450–1078 px images.
+    """
+    return CoSaliencyNet(
+        EfficientNetLite("lite0", output_stride=output_stride),
+        sensitive_channels=128,
         anchor_sizes=scaled_anchor_sizes(input_size),
         embedding_dim=128,
         rfm_hidden=256,

@@ -160,3 +160,20 @@ def test_vgg16_variant_is_the_papers_frozen_unet() -> None:
         out = model(torch.randn(1, 3, 64, 64))
     assert [s.shape[-1] for s in out.saliency] == [4, 8, 16, 32, 64]  # strides 16 … 1, as U-Net
     assert out.embedding is not None and out.embedding.shape == (1, 512, 4, 4)
+
+
+def test_effl0_variant_is_frozen_at_stride_16_and_decodes_cached_features() -> None:
+    torch.manual_seed(0)
+    model = build_model("cosal_effl0").train()
+    assert model.frozen_encoder and not model.encoder.training and model.input_size == 320
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    assert model.feature_stride == 16 and model.anchors().shape == (20 * 20 * 9, 4)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+        cached = model.decode(model.encoder(x))  # what training runs on features computed once per scene
+    assert [s.shape[-1] for s in out.saliency] == [4, 8, 16, 32]  # strides 16 … 2
+    assert out.embedding is not None and out.embedding.shape == (1, 128, 4, 4)
+    for a, b in zip(out.saliency, cached.saliency, strict=True):
+        torch.testing.assert_close(a, b)
