@@ -279,7 +279,9 @@ def picanet_effl0(
     output_stride: int = 32,
     lateral_channels: tuple[int, ...] = (16, 32, 64, 96, 128),
 ) -> PiCANet:
-    """The shipped default: PiCANet on the ImageNet-pretrained EfficientNet-Lite0 encoder, 224×224 input.
+    """The shipped default: PiCANet on the ImageNet-pretrained EfficientNet-Lite0 encoder (224×224 by default; the
+    shipped bundle is its second stage at ``input_size=256``, where GAP's 7×7 grid covers the first 7 rows and
+    columns of the 8×8 map: the last row and column are never attended, a cost of keeping the stage-1 weights).
 
     Table I style ``5GAP_43AC`` (the encoder has five levels, so D5 is the deepest): GAP on the deepest map, AC in
     the next two decoding modules, plain fusion in D2 and D1 — the counterpart of the paper's ``+6GAP_543AC``.
