@@ -133,3 +133,48 @@ def weighted_triplet_loss(
     d_pos = (anchor - positive).pow(2).sum(dim=1)
     d_neg = (anchor - negative).pow(2).sum(dim=1)
     return (weights * (d_pos - d_neg + margin).clamp(min=0)).mean()
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy non-maximum suppression: indices of the kept boxes, highest score first."""
+    order = scores.argsort(descending=True)
+    keep: list[int] = []
+    while order.numel():
+        best = int(order[0])
+        keep.append(best)
+        if order.numel() == 1:
+            break
+        overlap = box_iou(boxes[best][None], boxes[order[1:]])[0]
+        order = order[1:][overlap <= iou_threshold]
+    return torch.tensor(keep, dtype=torch.long, device=boxes.device)
+
+
+def hard_triplets(
+    embeddings: Tensor, instance: Tensor, kind: Tensor, iou: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Online hard triplets among region vectors (FaceNet's batch-hard mining on the paper's proposals).
+
+    For every candidate region ``a`` whose kind has another instance, the positive is the farthest region of the
+    same kind on a *different* instance (another copy of the same object), the negative the nearest region of
+    another kind (a distractor, or an object of another scene); each triplet is weighted by eq. (9),
+    ``β = IoU(a, its box) × IoU(p, its box)``.
+
+    Args:
+        embeddings: ``[K, D]`` region vectors.
+        instance: ``[K]`` id of the ground-truth instance each region covers (unique across the batch).
+        kind: ``[K]`` id of that instance's object (copies of one object share it; unique across scenes).
+        iou: ``[K]`` IoU of each region with its instance's box.
+
+    Returns:
+        Indices ``anchor, positive, negative`` ``[T]`` and weights ``β`` ``[T]`` (``T`` may be 0).
+    """
+    distance = torch.cdist(embeddings, embeddings).pow(2).detach()
+    same_kind = kind[:, None] == kind[None, :]
+    other_instance = instance[:, None] != instance[None, :]
+    positive_mask = same_kind & other_instance
+    negative_mask = ~same_kind
+    usable = positive_mask.any(dim=1) & negative_mask.any(dim=1)
+    anchors = usable.nonzero().flatten()
+    positives = distance.masked_fill(~positive_mask, float("-inf"))[anchors].argmax(dim=1)
+    negatives = distance.masked_fill(~negative_mask, float("inf"))[anchors].argmin(dim=1)
+    return anchors, positives, negatives, triplet_weights(iou[anchors], iou[positives])

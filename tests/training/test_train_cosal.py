@@ -1,0 +1,113 @@
+"""Co-saliency training: NMS and online hard triplets by hand, jittered boxes, and a short real run on scenes composed
+from the fixture pairs (checkpoints in training.train's format, resumable, the offline ablation)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from export.checkpoint import load_checkpoint
+from training.cosal_data import SceneSource, write_scenes
+from training.cosal_losses import box_iou, hard_triplets, nms
+from training.data import list_pairs
+from training.train_cosal import CosalConfig, CosalConfigError, jitter_boxes, main, read_scenes
+
+torch.set_num_threads(1)
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sod"
+
+
+def test_nms_keeps_the_best_of_each_overlapping_cluster() -> None:
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 10, 9]], dtype=torch.float32)
+    scores = torch.tensor([0.5, 0.9, 0.8, 0.1])
+    # box 1 beats box 0 (IoU 0.68) and box 3 (IoU 0.61); box 2 overlaps nothing
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.7).tolist() == [1, 2, 0]  # box 0 vs 1 is 0.68 < 0.7; box 3 vs 0 is 0.9
+
+
+def test_hard_triplets_pick_the_farthest_copy_and_the_nearest_other_object() -> None:
+    embeddings = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.5, 0.0], [10.0, 0.0]])
+    instance = torch.tensor([1, 1, 2, 3, 4])  # regions 0 and 1 cover the same instance
+    kind = torch.tensor([7, 7, 7, 7, 9])  # instances 1-3 are copies of one object, 4 is a distractor
+    iou = torch.tensor([1.0, 0.6, 0.8, 0.5, 1.0])
+    anchor, positive, negative, weights = hard_triplets(embeddings, instance, kind, iou)
+    assert anchor.tolist() == [0, 1, 2, 3]  # the distractor has no copy: never an anchor
+    assert positive.tolist() == [2, 2, 0, 2]  # farthest region of the kind on another instance
+    assert negative.tolist() == [4, 4, 4, 4]  # the only other kind
+    torch.testing.assert_close(weights, torch.tensor([0.8, 0.48, 0.8, 0.4]))  # eq. (9): IoU(a) x IoU(p)
+
+
+def test_jittered_boxes_overlap_their_box_by_at_least_half() -> None:
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 50.0], [0.0, 0.0, 8.0, 30.0]])
+    jittered = jitter_boxes(boxes, 5, torch.Generator().manual_seed(0))
+    assert jittered.shape == (10, 5) and jittered[:, 0].tolist() == [0.0] * 5 + [1.0] * 5
+    for row in jittered:
+        assert box_iou(row[None, 1:], boxes[int(row[0])][None])[0, 0] >= 0.5
+
+
+@pytest.fixture(scope="module")
+def scene_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    samples = list_pairs(FIXTURES / "images", FIXTURES / "masks")
+    source = SceneSource(samples, samples)
+    root = tmp_path_factory.mktemp("cosal")
+    write_scenes(source, root / "train", 6, seed=3, size=160, progress=False)
+    write_scenes(source, root / "val", 3, seed=4, size=160, progress=False)
+    return root / "train", root / "val"
+
+
+def test_scenes_are_read_at_network_scale_with_kinds_per_object(scene_dirs: tuple[Path, Path]) -> None:
+    train, _ = scene_dirs
+    records = [json.loads(line) for line in (train / "annotations.jsonl").read_text().splitlines()]
+    scenes = read_scenes(train, 64)
+    for record, scene in zip(records, scenes, strict=True):
+        sx, sy = 64 / record["width"], 64 / record["height"]
+        first = record["instances"][0]["box"]
+        torch.testing.assert_close(
+            scene.boxes[0], torch.tensor([first[0] * sx, first[1] * sy, first[2] * sx, first[3] * sy])
+        )
+        groups = [i["group"] for i in record["instances"]]
+        assert len(set(scene.kind.tolist())) == len(set(groups)) and len(set(scene.instance.tolist())) == len(groups)
+    assert not set(scenes[0].kind.tolist()) & set(scenes[1].kind.tolist())  # another scene, other objects
+
+
+def _config(tmp_path: Path, scene_dirs: tuple[Path, Path], **overrides: object) -> Path:
+    train, val = scene_dirs
+    values = {
+        "name": "tiny", "train_scenes": str(train), "val_scenes": str(val), "model_kwargs": {"input_size": 64},
+        "pretrained": None, "batch_size": 3, "epochs": 2, "threads": 1, "out_dir": str(tmp_path / "run"),
+    } | overrides  # fmt: skip
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_a_short_run_trains_checkpoints_and_resumes(
+    tmp_path: Path, scene_dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, scene_dirs)
+    main(["--config", str(config)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    epochs = [line for line in lines if "epoch" in line]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(e["train_triplets"] > 0 and 0 <= e["val_max_f"] <= 1 for e in epochs)
+    loaded = load_checkpoint(tmp_path / "run" / "best.pt")  # what python -m export reads
+    assert loaded.model.input_size == 64 and loaded.preprocess.input_size == 64
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    assert last["epoch"] == 1 and "optimizer" in last
+    main(["--config", str(config), "--resume"])  # nothing left to do: no epoch runs again
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [lines[-1]]
+
+
+def test_offline_ablation_and_bad_configs(
+    tmp_path: Path, scene_dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["--config", str(_config(tmp_path, scene_dirs, triplets="offline", epochs=1))])
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["train_triplets"] > 0
+    with pytest.raises(CosalConfigError, match="online or offline"):
+        CosalConfig.from_yaml(_config(tmp_path, scene_dirs, triplets="sometimes"))
+    with pytest.raises(SystemExit):
+        main(["--config", str(_config(tmp_path, scene_dirs, lr_typo=0.1))])
+    assert "unknown keys ['lr_typo']" in capsys.readouterr().err
