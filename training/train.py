@@ -37,6 +37,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def rng_state() -> dict[str, Any]:
+    """The Python, NumPy and torch RNG states, for a checkpoint that resumes exactly."""
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Put back the RNG states :func:`rng_state` saved."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
 def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
@@ -173,9 +185,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = No
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = state["epoch"] + 1, state["best"]
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
+        restore_rng(state["rng"])
         log.info("resumed from %s at epoch %d (best max F %.4f)", last_path, start_epoch, best["max_f"])
     elif resume:
         log.warning("--resume given but %s does not exist; starting from scratch", last_path)
@@ -242,7 +252,7 @@ def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = No
             save_checkpoint(out / "best.pt", checkpoint)
         checkpoint.update(
             optimizer=optimizer.state_dict(),
-            rng={"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()},
+            rng=rng_state(),
         )
         save_checkpoint(last_path, checkpoint)
         append_log_row(log_path, row)

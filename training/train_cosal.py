@@ -23,7 +23,6 @@ import argparse
 import json
 import logging
 import math
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,6 +40,7 @@ from models import build_model
 from models.cosal import CoSaliencyNet, decode_boxes, flatten_rpn_outputs
 from training.cosal_losses import box_iou, hard_triplets, nms, rpn_loss, weighted_triplet_loss
 from training.metrics import SaliencyMetrics, to_uint8
+from training.train import restore_rng, rng_state, save_checkpoint, seed_everything
 from training.transforms import Preprocess, preprocess_image
 
 log = logging.getLogger("training.train_cosal")
@@ -241,8 +241,7 @@ def validate(model: CoSaliencyNet, features: list[Tensor], scenes: list[Scene], 
 def train(config: CosalConfig, resume: bool = False) -> dict[str, Any]:
     """Run (or resume) training; returns the best epoch and its validation numbers."""
     torch.set_num_threads(config.threads)
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = build_model(config.model, **config.model_kwargs)
@@ -276,7 +275,7 @@ def train(config: CosalConfig, resume: bool = False) -> dict[str, Any]:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_rng(state["rng"])
         start_epoch, best = state["epoch"] + 1, state["best"]
     checkpoint_config = config.to_dict() | {"preprocess": pre.to_dict(), "data": {"train": []}}
     for epoch in range(start_epoch, config.epochs):
@@ -311,13 +310,9 @@ def train(config: CosalConfig, resume: bool = False) -> dict[str, Any]:
         if scores["max_f"] > best["max_f"]:
             best = {"max_f": scores["max_f"], "mae": scores["mae"], "epoch": epoch + 1}
             state["best"] = best
-            torch.save(state, out_dir / "best.pt")
-        extra = {
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-        }
-        torch.save(state | extra, last)
+            save_checkpoint(out_dir / "best.pt", state)
+        resumable = {"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(), "rng": rng_state()}
+        save_checkpoint(last, state | resumable)
     return {"out_dir": str(out_dir), "best": best}
 
 

@@ -96,7 +96,7 @@ def test_a_short_run_trains_checkpoints_and_resumes(
     loaded = load_checkpoint(tmp_path / "run" / "best.pt")  # what python -m export reads
     assert loaded.model.input_size == 64 and loaded.preprocess.input_size == 64
     last = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
-    assert last["epoch"] == 1 and "optimizer" in last
+    assert last["epoch"] == 1 and "optimizer" in last and set(last["rng"]) == {"python", "numpy", "torch"}
     main(["--config", str(config), "--resume"])  # nothing left to do: no epoch runs again
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [lines[-1]]
 
