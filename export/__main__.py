@@ -1,7 +1,7 @@
 """Export a training checkpoint to a bundle.
 
 python -m export --checkpoint PATH --out DIR [--int8 --calib-images DIR [--calib-split FILE] [--calib-count N]]
-                 [--fp16] [--tensorrt] [--triton DIR] [--name NAME --version VER]
+                 [--fp16] [--tensorrt] [--triton DIR] [--name NAME --version VER] [--grouping-scenes DIR]
 
 Prints one JSON report on stdout; exits 2 with the reason on stderr when the export fails its checks.
 """
@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     parser.add_argument("--parity-images", type=Path, help="real images for the parity check")
     parser.add_argument("--speed-runs", type=int, default=30, help="timed runs per speed measurement")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument(
+        "--grouping-scenes", type=Path, help="co-saliency models: validation scenes to choose the grouping settings on"
+    )
     args = parser.parse_args(argv)
     if args.int8 and args.calib_images is None:
         parser.error("--int8 needs --calib-images DIR")
@@ -57,6 +60,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         parity_images=args.parity_images,
         speed_runs=args.speed_runs,
         threads=args.threads,
+        grouping_scenes=args.grouping_scenes,
     )
 
 

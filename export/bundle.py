@@ -18,29 +18,34 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from export.accuracy import DEFAULT_DATA_ROOT, EvalSplit, eval_split, evaluate_session
 from export.checkpoint import LoadedCheckpoint, load_checkpoint
 from export.fp16 import convert_fp16
 from export.images import list_images, load_batch
-from export.onnx_export import INPUT_NAME, OPSET, ExportedGraph, export_onnx
+from export.onnx_export import INPUT_NAME, OPSET, REGION_HEAD_FILE, ExportedGraph, export_onnx, export_region_head
 from export.parity import check_parity, cpu_session, max_abs_diff, top_weight_agreement
 from export.quantize import quantize_int8
 from export.tensorrt import build_engine, detect_tensorrt
 from export.timing import measure
 from export.triton import write_triton_repository
 from models import model_paper
+from service.engine import Engine
 from service.manifest import (
     MANIFEST_FILE,
     FileSpec,
+    GroupingSpec,
     Manifest,
     PreprocessSpec,
+    RegionHeadSpec,
     RejectedVariantSpec,
     SourceSpec,
     VariantSpec,
     load_manifest,
     sha256_file,
 )
+from training.evaluate_cosal import calibrate, evaluate, learned_vectors, read_eval_scenes, run_bundle
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,7 @@ class ExportOptions:
     parity_count: int = 8
     speed_runs: int = 30
     threads: int = 2
+    grouping_scenes: Path | None = None
 
 
 def _parity_images(options: ExportOptions, data: EvalSplit | None) -> list[Path]:
@@ -167,7 +173,18 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
     ckpt = load_checkpoint(options.checkpoint)
     pre = ckpt.preprocess
     size = pre.input_size
-    data = eval_split(options.data_root)
+    cosal = hasattr(ckpt.model, "rfm")
+    if cosal and (options.int8 or options.fp16 or options.tensorrt):
+        raise ExportError(
+            "co-saliency bundles are exported in fp32 only (their region vectors were not checked in lower precision)"
+        )
+    if cosal and options.grouping_scenes is None:
+        raise ExportError(
+            "a co-saliency model needs --grouping-scenes DIR (validation scenes from"
+            " training.cosal_data) to choose its grouping settings"
+        )
+    # A co-saliency map is scored on scenes, not on a salient-object split.
+    data = None if cosal else eval_split(options.data_root)
     out = Path(options.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -215,7 +232,7 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
         if options.tensorrt:
             report["tensorrt"] = _tensorrt_variant(fp32, work, size, variants)
 
-        report["variants"] = {k: v.model_dump() for k, v in variants.items()}
+        regions = _export_region_head(ckpt, graph, work, parity_batch, options, report) if cosal else None
         manifest = Manifest(
             name=options.name or _default_name(ckpt),
             version=options.version or _default_version(ckpt),
@@ -242,8 +259,14 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
             ),
             training_data=ckpt.training_data,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            regions=regions,
+            grouping=_provisional_grouping() if cosal else None,
         )
         (work / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        if options.grouping_scenes is not None and cosal:
+            manifest = _choose_grouping(work, manifest, options.grouping_scenes, options, report)
+            (work / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
+        report["variants"] = {k: v.model_dump() for k, v in manifest.variants.items()}
         load_manifest(work)  # the service's own loader must accept what we wrote
         _replace_folder(work, out)
     except BaseException:
@@ -253,6 +276,72 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
     if options.triton:
         report["triton"] = str(write_triton_repository(out, load_manifest(out), options.triton))
     return report
+
+
+def _export_region_head(
+    ckpt: LoadedCheckpoint,
+    graph: ExportedGraph,
+    work: Path,
+    parity_batch: np.ndarray,
+    options: ExportOptions,
+    report: dict[str, Any],
+) -> RegionHeadSpec:
+    """Export the regional feature mapping head and check it on real regions: RoIAlign of the parity images'
+    ``R`` over a grid of boxes, through PyTorch and through ONNX Runtime."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        spec, wrapper = export_region_head(ckpt.model, work / REGION_HEAD_FILE)
+    size = ckpt.preprocess.input_size
+    with torch.no_grad():
+        features = graph.wrapper(torch.from_numpy(parity_batch))[-3]  # embedding, then boxes and scores
+        corners = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.3, 0.2, 0.9, 0.7], [0.0, 0.0, 1.0, 1.0]]) * size
+        rois = torch.cat([torch.cat([torch.full((3, 1), float(b)), corners], dim=1) for b in range(len(features))])
+        pooled = ckpt.model.rfm.pool(features, rois).flatten(1)
+        expected = wrapper(pooled).numpy()
+    got = cpu_session(work / REGION_HEAD_FILE, options.threads).run(None, {spec.input_name: pooled.numpy()})[0]
+    diffs = {spec.output_name: float(np.abs(got - expected).max())}
+    report["parity_regions"] = {"regions": len(pooled), "tolerance": FP32_TOLERANCE, "max_abs_diff": diffs}
+    check_parity(diffs, FP32_TOLERANCE, "ONNX Runtime region head")
+    return spec
+
+
+def _provisional_grouping() -> GroupingSpec:
+    """Settings the bundle carries only while its own grouping settings are being chosen on validation scenes."""
+    return GroupingSpec(
+        proposals="rpn",
+        min_score=0.5,
+        nms_iou=0.5,
+        max_instances=12,
+        distance_threshold=0.5,
+        mask_threshold=0.5,
+        min_area_fraction=0.002,
+        selected_on="provisional",
+    )
+
+
+def _choose_grouping(
+    work: Path, manifest: Manifest, scenes_dir: Path, options: ExportOptions, report: dict[str, Any]
+) -> Manifest:
+    """Choose the instance source and clustering threshold on the validation scenes with the service's own
+    grouping code running this bundle, and record the validation scores as the fp32 variant's accuracy."""
+    engine = Engine(work, "fp32", ["CPUExecutionProvider"], intra_op_threads=options.threads)
+    try:
+        scenes = read_eval_scenes(scenes_dir)
+        outputs = run_bundle(engine, scenes, progress=False)
+        vectors = learned_vectors(engine)
+        per_source = calibrate(scenes, outputs, vectors, engine.input_size, label=str(scenes_dir))
+        scores = {
+            mode: evaluate(scenes, outputs, vectors, spec, engine.input_size) for mode, spec in per_source.items()
+        }
+    finally:
+        engine.close()
+    chosen = max(scores, key=lambda mode: scores[mode]["group_found"] + scores[mode]["ari"])
+    report["grouping"] = {"chosen": chosen, "validation": scores}
+    name = f"cosal_val:{Path(scenes_dir).name}"
+    fp32 = manifest.variants["fp32"]
+    accuracy = {name: {k: scores[chosen][k] for k in ("group_found", "ari", "max_f", "mae")}}
+    variants = {**manifest.variants, "fp32": fp32.model_copy(update={"accuracy": accuracy})}
+    return manifest.model_copy(update={"grouping": per_source[chosen], "variants": variants})
 
 
 def _int8_variant(

@@ -1,4 +1,5 @@
-"""PyTorch model → ONNX graph with named outputs: sigmoid saliency, every attention map, the embedding."""
+"""PyTorch model → ONNX graph with named outputs: sigmoid saliency, every attention map, the embedding, and for
+co-saliency models the RPN's decoded boxes and objectness plus a second graph for the regional feature mapping head."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from pathlib import Path
 
 import onnx
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.manifest import AttentionSpec, OutputSpec
+from service.manifest import AttentionSpec, OutputSpec, RegionHeadSpec
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +20,9 @@ OPSET = 17
 INPUT_NAME = "image"
 SALIENCY_NAME = "saliency"
 EMBEDDING_NAME = "embedding"
+BOXES_NAME = "rpn_boxes"
+SCORES_NAME = "rpn_scores"
+REGION_HEAD_FILE = "regions.onnx"
 
 
 def attention_output_name(key: str) -> str:
@@ -29,7 +34,8 @@ class ExportWrapper(nn.Module):
     """Flattens a model's ``ModelOutput`` into the bundle's ordered outputs.
 
     The saliency output is ``sigmoid`` of the finest side output (the bundle outputs probabilities); attention
-    maps follow in ``attention_keys`` order, then the embedding when ``with_embedding``.
+    maps follow in ``attention_keys`` order, then the embedding when ``with_embedding``, then, for a model with
+    ``proposals()`` (co-saliency), the RPN's boxes (fractions of the input side) and objectness probabilities.
 
     Args:
         model: a registered model in eval mode.
@@ -42,12 +48,18 @@ class ExportWrapper(nn.Module):
         self.model = model
         self.attention_keys = list(attention_keys)
         self.with_embedding = with_embedding
+        self.with_proposals = hasattr(model, "proposals")
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         out = self.model(x)
         tensors = [torch.sigmoid(out.final), *(out.attention[k] for k in self.attention_keys)]
         if self.with_embedding:
             tensors.append(out.embedding)
+        if self.with_proposals:
+            boxes, scores = self.model.proposals(out)
+            # As fractions of the input side: the parity check's absolute tolerance then means the same for boxes
+            # as for probabilities, and a client scales them straight to its image.
+            tensors.extend([boxes / x.shape[-1], scores])
         return tuple(tensors)
 
 
@@ -100,6 +112,10 @@ def describe_outputs(model: nn.Module, input_size: int) -> tuple[ExportWrapper, 
     ]
     if with_embedding:
         specs.append(OutputSpec(name=EMBEDDING_NAME, kind="embedding", shape=shape(probe.embedding)))
+    if wrapper.with_proposals:
+        boxes, scores = model.proposals(probe)
+        specs.append(OutputSpec(name=BOXES_NAME, kind="boxes", shape=shape(boxes)))
+        specs.append(OutputSpec(name=SCORES_NAME, kind="scores", shape=shape(scores)))
     return wrapper, specs
 
 
@@ -131,3 +147,46 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int 
         )
     onnx.checker.check_model(str(path), full_check=True)
     return ExportedGraph(path=path, outputs=specs, wrapper=wrapper)
+
+
+class RegionHeadWrapper(nn.Module):
+    """The regional feature mapping head after RoIAlign (eq. 3): pooled regions ``[K, C*P*P]`` → unit vectors."""
+
+    def __init__(self, mlp: nn.Module) -> None:
+        super().__init__()
+        self.mlp = mlp
+
+    def forward(self, pooled: Tensor) -> Tensor:
+        return F.normalize(self.mlp(pooled), dim=1)
+
+
+def export_region_head(
+    model: nn.Module, path: str | Path, opset: int = OPSET
+) -> tuple[RegionHeadSpec, RegionHeadWrapper]:
+    """Export a co-saliency model's regional feature mapping head (``model.rfm``) as its own graph with a dynamic
+    region axis; RoIAlign stays outside it (the service pools in numpy with the geometry returned here)."""
+    path = Path(path)
+    rfm = model.rfm
+    pool = rfm.pool
+    wrapper = RegionHeadWrapper(rfm.mlp).eval()
+    spec = RegionHeadSpec(
+        file=path.name,
+        pool_size=pool.output_size,
+        sampling_ratio=pool.sampling_ratio,
+        stride=round(1 / pool.spatial_scale),
+    )
+    dummy = torch.zeros(3, rfm.mlp[0].in_features)
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            (dummy,),
+            str(path),
+            input_names=[spec.input_name],
+            output_names=[spec.output_name],
+            dynamic_axes={spec.input_name: {0: "regions"}, spec.output_name: {0: "regions"}},
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    onnx.checker.check_model(str(path), full_check=True)
+    return spec, wrapper

@@ -244,6 +244,13 @@ class CoSaliencyNet(nn.Module):
         """Map boxes ``[K,5]`` (batch index, x1, y1, x2, y2 in input pixels) on ``R`` to unit vectors ``[K,D]``."""
         return self.rfm(features, boxes)
 
+    def proposals(self, out: ModelOutput) -> tuple[Tensor, Tensor]:
+        """The RPN's boxes ``[B, N, 4]`` (``x1, y1, x2, y2`` in input pixels, anchor order) and objectness
+        probabilities ``[B, N]`` from a forward pass's outputs (what the exported graph gives the service)."""
+        objectness, deltas = flatten_rpn_outputs(out.extras["rpn_objectness"], out.extras["rpn_deltas"])
+        anchors = self.anchors(tuple(out.extras["rpn_objectness"].shape[-2:])).to(deltas)
+        return decode_boxes(deltas, anchors), torch.sigmoid(objectness)
+
     def forward(self, x: Tensor) -> ModelOutput:
         return self.decode(self.encoder(x))
 

@@ -1,8 +1,12 @@
-"""``python -m service.client IMAGES... --url URL --out DIR [--outputs saliency,attention,overlay] [--model NAME]``.
+"""``python -m service.client IMAGES... --url URL --out DIR [--outputs LIST] [--model NAME]``.
 
-For each image, writes ``<stem>.saliency.png`` (and ``<stem>.overlay.png``, ``<stem>.attention<p>.<output>.png``
-when asked) plus ``<stem>.json`` (the response without the base64 blobs). Prints one JSON summary line; exits 1 if
-any image failed.
+``--outputs`` is a comma list of saliency, attention, overlay, groups (default saliency).
+
+For each image, writes ``<stem>.saliency.png`` (and ``<stem>.overlay.png``, ``<stem>.attention<p>.<output>.png``,
+``<stem>.attention.<output>.png`` for the image-level maps, ``<stem>.cosaliency.png`` and
+``<stem>.group<g>.member<m>.png`` / ``<stem>.singleton<s>.png`` box masks when asked) plus ``<stem>.json`` (the
+response without the base64 blobs, so group boxes, scores and cohesion are there). Prints one JSON summary line;
+exits 1 if any image failed.
 """
 
 from __future__ import annotations
@@ -33,6 +37,15 @@ def save_result(stem: str, body: dict[str, Any], out: Path) -> list[Path]:
     for index, point in enumerate(body.get("attention") or []):
         for attention_map in point["maps"]:
             write_png(f"attention{index}.{attention_map['output']}", attention_map.pop("heatmap_png"))
+    for attention_map in body.get("attention_maps") or []:
+        write_png(f"attention.{attention_map['output']}", attention_map.pop("heatmap_png"))
+    if body.get("cosaliency"):
+        write_png("cosaliency", body.pop("cosaliency"))
+    for g, group in enumerate(body.get("groups") or []):
+        for m, member in enumerate(group["members"]):
+            write_png(f"group{g}.member{m}", member.pop("mask"))
+    for s, member in enumerate(body.get("singletons") or []):
+        write_png(f"singleton{s}", member.pop("mask"))
     path = out / f"{stem}.json"
     path.write_text(json.dumps(body, indent=2))
     written.append(path)
@@ -44,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--outputs", default="saliency", help="comma list: saliency, attention, overlay")
+    parser.add_argument("--outputs", default="saliency", help="comma list: saliency, attention, overlay, groups")
     parser.add_argument("--points", help="attention query points 'x,y;x,y'")
     parser.add_argument("--model", help="a served model's name (GET /models); default: the server's default")
     parser.add_argument("--api-key", help="sent as Authorization: Bearer")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.manifest import BundleError, Manifest, OutputSpec, load_manifest, resolve_bundle
+from service.manifest import BundleError, Manifest, OutputSpec, RegionHeadSpec, load_manifest, resolve_bundle
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,28 @@ class Engine:
         missing = [o.name for o in manifest.outputs if o.name not in self.output_names]
         if missing:
             raise BundleError(f"{model_path} lacks outputs {missing} that the manifest declares")
+        self._regions = self._region_session(bundle_dir, manifest.regions) if manifest.regions else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         log.info("loaded bundle %s variant %s on %s", bundle_dir, chosen, in_use)
+
+    @staticmethod
+    def _region_session(bundle_dir: Path, regions: RegionHeadSpec) -> ort.InferenceSession:
+        """The co-saliency head's tiny graph: one thread, run on the caller's (post-processing) thread."""
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        path = bundle_dir / regions.file
+        try:
+            return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for unloadable graphs
+            raise BundleError(f"ONNX Runtime cannot load {path}: {exc}") from exc
+
+    def embed_regions(self, pooled: np.ndarray) -> np.ndarray:
+        """The regional feature mapping head of a co-saliency bundle: pooled ``[K, C*P*P]`` → unit vectors."""
+        if self._regions is None or self.manifest.regions is None:
+            raise BundleError(f"bundle {self.manifest.name} has no regional feature mapping head")
+        spec = self.manifest.regions
+        return self._regions.run([spec.output_name], {spec.input_name: pooled.astype(np.float32)})[0]
 
     @property
     def manifest(self) -> Manifest:

@@ -84,6 +84,31 @@ class RejectedVariantSpec(_Strict):
     speed: dict[str, float] = Field(default_factory=dict)
 
 
+class RegionHeadSpec(_Strict):
+    """A co-saliency bundle's regional feature mapping head: RoIAlign geometry on the ``embedding`` output and the
+    small ONNX graph that maps pooled regions ``[K, C*P*P]`` to unit vectors ``[K, D]``."""
+
+    file: str
+    input_name: str = "pooled"
+    output_name: str = "vectors"
+    pool_size: int = Field(ge=1)
+    sampling_ratio: int = Field(ge=1)
+    stride: int = Field(ge=1)
+
+
+class GroupingSpec(_Strict):
+    """How the service cuts instances and clusters them (``service/grouping.py``); chosen on validation scenes."""
+
+    proposals: Literal["rpn", "components"]
+    min_score: float = Field(ge=0, le=1)  # RPN objectness probability an instance needs
+    nms_iou: float = Field(gt=0, le=1)
+    max_instances: int = Field(ge=1)
+    distance_threshold: float = Field(gt=0, le=2)  # cosine distance below which clusters merge
+    mask_threshold: float = Field(gt=0, lt=1)  # probability that counts as foreground (member masks, components)
+    min_area_fraction: float = Field(ge=0, lt=1)  # smallest component, as a fraction of the map
+    selected_on: str = ""  # the validation scenes and what was measured there
+
+
 class SourceSpec(_Strict):
     checkpoint: str
     sha256: str
@@ -111,6 +136,8 @@ class Manifest(_Strict):
     source: SourceSpec
     training_data: list[str] = Field(default_factory=list)
     created_at: str
+    regions: RegionHeadSpec | None = None  # co-saliency bundles: with ``grouping``, what ``outputs=groups`` needs
+    grouping: GroupingSpec | None = None
 
     def output(self, kind: str) -> list[OutputSpec]:
         return [o for o in self.outputs if o.kind == kind]
@@ -142,6 +169,10 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
     for name, variant in manifest.variants.items():
         if variant.file not in manifest.files:
             raise BundleError(f"{path}: variant {name!r} names {variant.file!r}, which the manifest does not list")
+    if (manifest.regions is None) != (manifest.grouping is None):
+        raise BundleError(f"{path}: a co-saliency bundle needs both 'regions' and 'grouping'")
+    if manifest.regions is not None and manifest.regions.file not in manifest.files:
+        raise BundleError(f"{path}: regions names {manifest.regions.file!r}, which the manifest does not list")
     if manifest.default_variant not in manifest.variants:
         raise BundleError(
             f"{path}: default variant {manifest.default_variant!r} is not among {sorted(manifest.variants)}"

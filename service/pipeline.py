@@ -28,6 +28,7 @@ from service.attention import SUMMARY_OF_KIND, attention_summary, extreme_points
 from service.batcher import Batcher, InferenceResult, QueueFullError
 from service.engine import Engine
 from service.errors import ServiceError
+from service.grouping import Instance, cosaliency_map, find_groups, image_box, image_outputs
 from service.imaging import (
     ImageHeader,
     decode_image,
@@ -45,9 +46,12 @@ from service.schemas import (
     AttentionMap,
     AttentionPoint,
     AttentionWeight,
+    CoSalientGroup,
+    GroupMember,
     ImageAttentionMap,
     ImageResult,
     ImageSize,
+    ModelRef,
     Timings,
 )
 from service.settings import Settings
@@ -143,7 +147,10 @@ class Pipeline:
             raise BundleError(f"bundle {manifest.name} declares no saliency output")
         self._saliency = saliency[-1]
         self._attention = [o for o in manifest.output("attention") if o.attention is not None]
-        self._has_embedding = bool(manifest.output("embedding"))
+        self._grouping = manifest.grouping
+        # A model that cannot group answers outputs=groups through the repository's co-saliency model (set by the
+        # server when one is loaded), so the default model answers all three outputs.
+        self.grouper: Pipeline | None = None
         self._active = 0
 
     def _stage_seconds(self, stage: str) -> Histogram:
@@ -154,19 +161,23 @@ class Pipeline:
         """Requests between upload and answer right now (shutdown waits for them before closing the pools)."""
         return self._active
 
+    def model_ref(self) -> ModelRef:
+        info = self.engine.info
+        return ModelRef(name=info.manifest.name, version=info.manifest.version, variant=info.variant)
+
     def available_outputs(self) -> list[str]:
         """Values of the ``outputs`` option this model can answer."""
-        return ["saliency", "overlay"] + (["attention"] if self._attention else [])
+        outputs = ["saliency", "overlay"] + (["attention"] if self._attention else [])
+        return outputs + (["groups"] if self._grouping or self.grouper else [])
 
     def check_options(self, options: Options) -> None:
         """Refuse options the model cannot serve (422) before any work is done."""
         unavailable = sorted(options.outputs - set(self.available_outputs()))
         if "groups" in unavailable:
-            reason = (
-                "it has no embedding output" if not self._has_embedding else "co-saliency grouping is not served yet"
-            )
             raise ServiceError(
-                422, "output_not_available", f"outputs=groups is not available for this model ({reason})"
+                422,
+                "output_not_available",
+                "outputs=groups needs a co-saliency model and none is served (add the cosal bundle to SALIENCY_MODELS)",
             )
         if unavailable:
             raise ServiceError(422, "output_not_available", f"outputs {unavailable} not available for this model")
@@ -265,6 +276,43 @@ class Pipeline:
             )
         return maps
 
+    def _groups(
+        self, result: InferenceResult, original: tuple[int, int], deadline: Deadline, png: Callable[[np.ndarray], str]
+    ) -> dict:
+        """Co-saliency groups, singletons and map at the upload's size (``service/grouping.py``)."""
+        manifest = self.engine.manifest
+        if self._grouping is None or manifest.regions is None:
+            raise BundleError(f"bundle {manifest.name} has no grouping settings")
+        deadline.check("grouping")
+        size = self.engine.input_size
+        out = image_outputs(result.outputs, manifest)
+        grouping = find_groups(
+            out["probability"], out["boxes"], out["scores"], out["features"], self.engine.embed_regions,
+            self._grouping, manifest.regions, size,
+        )  # fmt: skip
+        deadline.check("grouping")
+        # uint8 at the upload's size (one byte a pixel), cut from the network's map
+        full = np.asarray(Image.fromarray(to_uint8(np.clip(out["probability"], 0, 1))).resize(original, Image.BILINEAR))
+        threshold = round(self._grouping.mask_threshold * 255)
+
+        def member(instance: Instance) -> GroupMember:
+            x0, y0, x1, y1 = image_box(instance.box, original, size)
+            mask = np.where(full[y0:y1, x0:x1] >= threshold, 255, 0).astype(np.uint8)
+            return GroupMember(box=(x0, y0, x1, y1), score=round(instance.score, 4), mask=png(mask))
+
+        groups = [
+            CoSalientGroup(id=i, cohesion=round(cohesion, 4), members=[member(m) for m in members])
+            for i, (members, cohesion) in enumerate(zip(grouping.groups, grouping.cohesion, strict=True))
+        ]
+        deadline.check("grouping")
+        cosal = cosaliency_map(full, grouping, size)
+        return {
+            "groups": groups,
+            "singletons": [member(m) for m in grouping.singletons],
+            "cosaliency": png(cosal),
+            "groups_model": self.model_ref(),
+        }
+
     def _postprocess(
         self, decoded: _Decoded, result: InferenceResult, options: Options, deadline: Deadline
     ) -> tuple[dict, float]:
@@ -293,6 +341,8 @@ class Pipeline:
                 points = [(x * sx, y * sy) for x, y in extreme_points(saliency)]
             fields["attention"] = [self._attention_point(result, p, decoded.original, deadline, png) for p in points]
             fields["attention_maps"] = self._image_attention(result, decoded.original, deadline, png)
+        if "groups" in options.outputs:
+            fields |= self._groups(result, decoded.original, deadline, png)
         seconds = time.perf_counter() - start
         self._stage_seconds("postprocess").observe(seconds - encoding[0])
         self._stage_seconds("encode").observe(encoding[0])
@@ -374,6 +424,13 @@ class Pipeline:
         Raises:
             ServiceError: bad image (400/413/415), bad points (422), over capacity (503), deadline (504).
         """
+        if "groups" in options.outputs and self._grouping is None and self.grouper is not None:
+            own = Options(options.outputs - {"groups"}, options.points, options.png, options.max_side)
+            mine, theirs = await asyncio.gather(
+                self.run(data, own), self.grouper.run(data, Options(frozenset({"groups"})))
+            )
+            grouped = {k: getattr(theirs, k) for k in ("groups", "singletons", "cosaliency", "groups_model")}
+            return mine.model_copy(update=grouped)
         deadline = Deadline(self.settings.request_timeout_s)
         async with self._admitted(data, deadline) as (header, pool, release):
             decoded, result = await self._decode_and_infer(data, options, deadline, pool, header, release)

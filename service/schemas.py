@@ -74,6 +74,24 @@ class AttentionPoint(BaseModel):
     maps: list[AttentionMap]
 
 
+class GroupMember(BaseModel):
+    """One salient instance."""
+
+    box: tuple[int, int, int, int] = Field(
+        description="x0, y0, x1, y1 in the upload's pixels: x0, y0 inclusive, x1, y1 exclusive"
+    )
+    score: float = Field(description="how sure the model is that the box holds an object (RPN objectness)")
+    mask: str = Field(description="base64 greyscale PNG of the box (x1-x0 by y1-y0 pixels), 255 = the object")
+
+
+class CoSalientGroup(BaseModel):
+    """Salient instances of the same kind of thing."""
+
+    id: int
+    cohesion: float = Field(description="mean pairwise cosine similarity of the members' region vectors (1 = alike)")
+    members: list[GroupMember] = Field(description="two or more, most confident first")
+
+
 class ImageResult(BaseModel):
     """The answer for one image; maps are base64 PNG at ``map_size`` (the original size unless it is over
     ``max_side``); attention query points and weight centres are in the original image's pixels."""
@@ -87,6 +105,20 @@ class ImageResult(BaseModel):
     attention: list[AttentionPoint] | None = None
     attention_maps: list[ImageAttentionMap] | None = Field(
         default=None, description="with outputs=attention: one image-level map per attention output"
+    )
+    groups: list[CoSalientGroup] | None = Field(
+        default=None, description="with outputs=groups: co-salient groups, most cohesive first ([] when none)"
+    )
+    singletons: list[GroupMember] | None = Field(
+        default=None, description="with outputs=groups: salient instances that belong to no group"
+    )
+    cosaliency: str | None = Field(
+        default=None,
+        description="with outputs=groups: base64 greyscale PNG at the upload's size, the co-saliency map inside the "
+        "groups' boxes (black when there is no group)",
+    )
+    groups_model: ModelRef | None = Field(
+        default=None, description="with outputs=groups: the co-saliency model that found the groups"
     )
     batch_size: int = Field(description="how many images shared this image's inference batch")
     timings: Timings

@@ -77,6 +77,10 @@ class ServiceState:
             model.batcher.start()
             model.pipeline = Pipeline(s, model.engine, model.batcher, self.metrics, pool, heavy_pool, self.admission)
             log.info("ready: %s %s (%s) on %s", model.name, info.manifest.version, info.variant, info.provider)
+        grouper = next((m.pipeline for m in self.repository.models if m.engine.manifest.grouping), None)
+        for model in self.repository.models:
+            if model.pipeline is not None and model.engine.manifest.grouping is None:
+                model.pipeline.grouper = grouper
         self.ready = not self.draining
 
     def begin_drain(self) -> None:

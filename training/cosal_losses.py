@@ -149,15 +149,20 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
-def hard_triplets(
+def semi_hard_triplets(
     embeddings: Tensor, instance: Tensor, kind: Tensor, iou: Tensor
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Online hard triplets among region vectors (FaceNet's batch-hard mining on the paper's proposals).
+    """Online semi-hard triplets among region vectors (FaceNet's mining on the paper's proposals).
 
-    For every candidate region ``a`` whose kind has another instance, the positive is the farthest region of the
-    same kind on a *different* instance (another copy of the same object), the negative the nearest region of
-    another kind (a distractor, or an object of another scene); each triplet is weighted by eq. (9),
+    Every pair of regions of the same kind on *different* instances (two copies of one object) is an anchor and a
+    positive; the negative is the nearest region of another kind (a distractor, or an object of another scene)
+    that lies farther from the anchor than the positive, or, when none does, the farthest one (the rule of
+    TensorFlow Addons' ``triplet_semihard_loss``). Each triplet is weighted by eq. (9),
     ``β = IoU(a, its box) × IoU(p, its box)``.
+
+    Batch-hard mining (farthest positive, nearest negative) was tried first and collapsed every vector onto one
+    point within the first epoch (the loss sat at ``mean β × margin``; the run's log is in docs/results), the
+    failure FaceNet reports for the hardest negatives early in training.
 
     Args:
         embeddings: ``[K, D]`` region vectors.
@@ -170,11 +175,14 @@ def hard_triplets(
     """
     distance = torch.cdist(embeddings, embeddings).pow(2).detach()
     same_kind = kind[:, None] == kind[None, :]
-    other_instance = instance[:, None] != instance[None, :]
-    positive_mask = same_kind & other_instance
     negative_mask = ~same_kind
-    usable = positive_mask.any(dim=1) & negative_mask.any(dim=1)
-    anchors = usable.nonzero().flatten()
-    positives = distance.masked_fill(~positive_mask, float("-inf"))[anchors].argmax(dim=1)
-    negatives = distance.masked_fill(~negative_mask, float("inf"))[anchors].argmin(dim=1)
+    anchors, positives = (same_kind & (instance[:, None] != instance[None, :])).nonzero(as_tuple=True)
+    has_negative = negative_mask[anchors].any(dim=1)
+    anchors, positives = anchors[has_negative], positives[has_negative]
+    to_negatives = distance[anchors]  # [T, K]
+    negative = negative_mask[anchors]
+    farther = negative & (to_negatives > distance[anchors, positives][:, None])
+    semi_hard = to_negatives.masked_fill(~farther, float("inf")).argmin(dim=1)
+    farthest = to_negatives.masked_fill(~negative, float("-inf")).argmax(dim=1)
+    negatives = torch.where(farther.any(dim=1), semi_hard, farthest)
     return anchors, positives, negatives, triplet_weights(iou[anchors], iou[positives])

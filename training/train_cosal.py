@@ -38,7 +38,7 @@ from torch import Tensor
 
 from models import build_model
 from models.cosal import CoSaliencyNet, decode_boxes, flatten_rpn_outputs
-from training.cosal_losses import box_iou, hard_triplets, nms, rpn_loss, weighted_triplet_loss
+from training.cosal_losses import box_iou, nms, rpn_loss, semi_hard_triplets, weighted_triplet_loss
 from training.metrics import SaliencyMetrics, to_uint8
 from training.train import restore_rng, rng_state, save_checkpoint, seed_everything
 from training.transforms import Preprocess, preprocess_image
@@ -211,7 +211,7 @@ def training_loss(
     rpn, rpn_parts = rpn_loss(objectness, deltas, anchors, [s.boxes for s in scenes])
     rois, instance, kind, iou = _candidates(scenes, objectness, deltas, anchors, size, config)
     vectors = model.region_embeddings(out.embedding, rois)
-    anchor, positive, negative, weights = hard_triplets(vectors, instance, kind, iou)
+    anchor, positive, negative, weights = semi_hard_triplets(vectors, instance, kind, iou)
     triplet = (
         weighted_triplet_loss(vectors[anchor], vectors[positive], vectors[negative], weights)
         if len(anchor)
@@ -225,17 +225,32 @@ def training_loss(
 
 @torch.no_grad()
 def validate(model: CoSaliencyNet, features: list[Tensor], scenes: list[Scene], batch_size: int) -> dict[str, float]:
-    """Co-saliency max F and MAE of the final side output on validation scenes, at each scene's size."""
+    """Co-saliency max F and MAE of the final side output on validation scenes, at each scene's size, and the mean
+    squared distance between the region vectors of the true boxes of one scene: copies of one object
+    (``copy_distance``) and different objects (``other_distance``); equal distances mean the vectors collapsed."""
     model.eval()
     metrics = SaliencyMetrics()
+    copy_distance, other_distance = [], []
     for start in range(0, len(scenes), batch_size):
+        batch = scenes[start : start + batch_size]
         out = model.decode([f[start : start + batch_size].float() for f in features])
-        for prob, scene in zip(torch.sigmoid(out.final)[:, 0], scenes[start : start + batch_size], strict=True):
+        for b, (prob, scene) in enumerate(zip(torch.sigmoid(out.final)[:, 0], batch, strict=True)):
             height, width = scene.mask.shape
             resized = F.interpolate(prob[None, None], size=(height, width), mode="bilinear", align_corners=False)
             metrics.update(to_uint8(resized[0, 0].numpy()), scene.mask)
+            rois = torch.cat([torch.full((len(scene.boxes), 1), float(b)), scene.boxes], dim=1)
+            distance = torch.cdist(*(2 * [model.region_embeddings(out.embedding, rois)])).pow(2)
+            pair = torch.triu(torch.ones_like(distance, dtype=torch.bool), diagonal=1)
+            same = scene.kind[:, None] == scene.kind[None, :]
+            copy_distance.append(distance[pair & same])
+            other_distance.append(distance[pair & ~same])
     results = metrics.results()
-    return {"max_f": results["max_f"], "mae": results["mae"]}
+    return {
+        "max_f": results["max_f"],
+        "mae": results["mae"],
+        "copy_distance": float(torch.cat(copy_distance).mean()),
+        "other_distance": float(torch.cat(other_distance).mean()) if torch.cat(other_distance).numel() else 0.0,
+    }
 
 
 def train(config: CosalConfig, resume: bool = False) -> dict[str, Any]:

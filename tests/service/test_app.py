@@ -141,9 +141,10 @@ async def test_bad_options_are_422(client: httpx.AsyncClient, query: str, code: 
     assert response.json()["error"]["message"]
 
 
-async def test_groups_message_says_not_available(client: httpx.AsyncClient) -> None:
+async def test_groups_without_a_cosaliency_model_say_what_to_serve(client: httpx.AsyncClient) -> None:
     response = await client.post("/saliency?outputs=saliency,groups", files=upload(encode(scene(40, 30))))
-    assert "not available for this model" in response.json()["error"]["message"]
+    assert response.status_code == 422 and response.json()["error"]["code"] == "output_not_available"
+    assert "needs a co-saliency model" in response.json()["error"]["message"]
 
 
 async def test_bad_input_errors_and_the_server_keeps_serving(make_settings: Callable[..., Settings]) -> None:

@@ -10,10 +10,13 @@ import pytest
 import torch
 import yaml
 
+from export.bundle import ExportError, ExportOptions, export_bundle
 from export.checkpoint import load_checkpoint
+from service.manifest import load_manifest
 from training.cosal_data import SceneSource, write_scenes
-from training.cosal_losses import box_iou, hard_triplets, nms
+from training.cosal_losses import box_iou, nms, semi_hard_triplets
 from training.data import list_pairs
+from training.evaluate_cosal import main as evaluate_main
 from training.train_cosal import CosalConfig, CosalConfigError, jitter_boxes, main, read_scenes
 
 torch.set_num_threads(1)
@@ -28,16 +31,18 @@ def test_nms_keeps_the_best_of_each_overlapping_cluster() -> None:
     assert nms(boxes, scores, 0.7).tolist() == [1, 2, 0]  # box 0 vs 1 is 0.68 < 0.7; box 3 vs 0 is 0.9
 
 
-def test_hard_triplets_pick_the_farthest_copy_and_the_nearest_other_object() -> None:
-    embeddings = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.5, 0.0], [10.0, 0.0]])
+def test_semi_hard_triplets_pick_the_nearest_negative_beyond_the_positive() -> None:
+    # Squared distances: d(0,2)=9, d(0,3)=4, d(0,4)=6.25; d(1,2)=4, d(1,3)=5, d(1,4)=7.25; d(2,3)=13, d(2,4)=15.25.
+    embeddings = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [0.0, 2.5]])
     instance = torch.tensor([1, 1, 2, 3, 4])  # regions 0 and 1 cover the same instance
-    kind = torch.tensor([7, 7, 7, 7, 9])  # instances 1-3 are copies of one object, 4 is a distractor
+    kind = torch.tensor([7, 7, 7, 9, 8])  # instances 1 and 2 are copies of one object; 3 and 4 are distractors
     iou = torch.tensor([1.0, 0.6, 0.8, 0.5, 1.0])
-    anchor, positive, negative, weights = hard_triplets(embeddings, instance, kind, iou)
-    assert anchor.tolist() == [0, 1, 2, 3]  # the distractor has no copy: never an anchor
-    assert positive.tolist() == [2, 2, 0, 2]  # farthest region of the kind on another instance
-    assert negative.tolist() == [4, 4, 4, 4]  # the only other kind
-    torch.testing.assert_close(weights, torch.tensor([0.8, 0.48, 0.8, 0.4]))  # eq. (9): IoU(a) x IoU(p)
+    anchor, positive, negative, weights = semi_hard_triplets(embeddings, instance, kind, iou)
+    assert anchor.tolist() == [0, 1, 2, 2]  # distractors have no copy: never anchors; same instance: no pair
+    assert positive.tolist() == [2, 2, 0, 1]
+    # (0,2): no negative beyond 9, so the farthest (4); the others: the nearest beyond the positive (3)
+    assert negative.tolist() == [4, 3, 3, 3]
+    torch.testing.assert_close(weights, torch.tensor([0.8, 0.48, 0.8, 0.48]))  # eq. (9): IoU(a) x IoU(p)
 
 
 def test_jittered_boxes_overlap_their_box_by_at_least_half() -> None:
@@ -111,3 +116,29 @@ def test_offline_ablation_and_bad_configs(
     with pytest.raises(SystemExit):
         main(["--config", str(_config(tmp_path, scene_dirs, lr_typo=0.1))])
     assert "unknown keys ['lr_typo']" in capsys.readouterr().err
+
+
+def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
+    tmp_path: Path, scene_dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["--config", str(_config(tmp_path, scene_dirs, epochs=1))])
+    _, val = scene_dirs
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportError, match="--grouping-scenes"):
+        export_bundle(ExportOptions(checkpoint=tmp_path / "run" / "best.pt", out=out))
+    report = export_bundle(
+        ExportOptions(checkpoint=tmp_path / "run" / "best.pt", out=out, speed_runs=2, grouping_scenes=val)
+    )
+    assert max(report["parity_regions"]["max_abs_diff"].values()) <= 1e-4
+    manifest = load_manifest(out)
+    assert {o.kind for o in manifest.outputs} == {"saliency", "embedding", "boxes", "scores"}
+    assert manifest.regions is not None and manifest.grouping is not None
+    assert manifest.grouping.proposals == report["grouping"]["chosen"]
+    assert set(manifest.variants["fp32"].accuracy[f"cosal_val:{val.name}"]) == {"group_found", "ari", "max_f", "mae"}
+
+    capsys.readouterr()
+    assert evaluate_main(["--bundle", str(out), "--scenes", str(val), "--val-scenes", str(val), "--no-progress"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["count"] == 3 and set(result["proposals"]) == {"rpn", "components"}
+    for scores in (result["shipped"], result["baselines"]["colour_histogram"]):
+        assert 0 <= scores["group_found"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["mae"] <= 1

@@ -1,0 +1,297 @@
+"""Co-saliency groups from a co-saliency bundle's outputs, in numpy (the within-image co-saliency paper, sec. III).
+
+The bundle's graph gives, per image, a co-saliency probability map, the RPN's decoded boxes with their objectness
+and the feature-sensitive features ``R``. Grouping then:
+
+1. cuts instances: the RPN's boxes above ``min_score`` after NMS (``proposals: rpn``), or the connected components
+   of the map above ``mask_threshold`` (``proposals: components``);
+2. pools each instance's box on ``R`` with RoIAlign (same semantics as ``models/roi_align.py``) and maps it to a unit
+   vector with the bundle's regional feature mapping head (a second small ONNX graph, passed in as ``embed``);
+3. clusters the vectors by average linkage on cosine distance, merging while the closest clusters are nearer than
+   ``distance_threshold`` (chosen on validation scenes at export time);
+4. answers clusters of two or more instances as groups (most cohesive first) and the rest as singletons; the
+   co-saliency map is the probability map inside the groups' boxes and zero elsewhere.
+
+Boxes here are in network-input pixels ``(x1, y1, x2, y2)``; the caller scales them to the image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.manifest import BundleError, GroupingSpec, Manifest, RegionHeadSpec
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU ``[N, M]`` of ``(x1, y1, x2, y2)`` boxes."""
+    top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
+    bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
+    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=-1)
+    area_a = np.clip(boxes_a[:, 2:] - boxes_a[:, :2], 0, None).prod(axis=-1)
+    area_b = np.clip(boxes_b[:, 2:] - boxes_b[:, :2], 0, None).prod(axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices of the boxes greedy non-maximum suppression keeps, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size:
+        best = int(order[0])
+        keep.append(best)
+        rest = order[1:]
+        order = rest[box_iou(boxes[best : best + 1], boxes[rest])[0] <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _axis_weights(start: np.ndarray, size: np.ndarray, bins: int, sampling_ratio: int, length: int) -> np.ndarray:
+    """Averaged bilinear weights ``[K, bins, length]`` of ``sampling_ratio`` samples per bin along one axis
+    (torchvision's ``bilinear_interpolate`` rules, as ``models.roi_align``)."""
+    steps = (np.arange(sampling_ratio) + 0.5) / sampling_ratio
+    offsets = np.arange(bins)[:, None] + steps[None, :]  # [bins, S]
+    coords = start[:, None, None] + offsets[None] * (size / bins)[:, None, None]  # [K, bins, S]
+    inside = ((coords >= -1.0) & (coords <= length)).astype(np.float64)
+    coords = np.maximum(coords, 0.0)
+    low = np.minimum(np.floor(coords), length - 1)
+    at_edge = low >= length - 1
+    frac = np.where(at_edge, 0.0, coords - low)
+    low_idx = low.astype(np.int64)
+    high_idx = np.where(at_edge, low_idx, low_idx + 1)
+    weights = np.zeros((*coords.shape, length))
+    k, b, s = np.indices(coords.shape)
+    np.add.at(weights, (k, b, s, low_idx), (1 - frac) * inside)
+    np.add.at(weights, (k, b, s, high_idx), frac * inside)
+    return weights.mean(axis=2)
+
+
+def roi_align(
+    features: np.ndarray, boxes: np.ndarray, pool_size: int, stride: int, sampling_ratio: int = 2
+) -> np.ndarray:
+    """RoIAlign (``aligned=True``) of ``[K,4]`` input-pixel boxes on one image's ``[C,H,W]`` features →
+    ``[K, C, pool_size, pool_size]``."""
+    scaled = boxes.astype(np.float64) / stride - 0.5
+    x1, y1, x2, y2 = scaled.T
+    height, width = features.shape[-2:]
+    weights_y = _axis_weights(y1, y2 - y1, pool_size, sampling_ratio, height)  # [K, P, H]
+    weights_x = _axis_weights(x1, x2 - x1, pool_size, sampling_ratio, width)  # [K, P, W]
+    pooled = np.einsum("kph,chw,kqw->kcpq", weights_y, features.astype(np.float64), weights_x, optimize=True)
+    return pooled.astype(np.float32)
+
+
+def average_linkage(vectors: np.ndarray) -> list[tuple[float, np.ndarray]]:
+    """Average-linkage agglomeration of unit vectors ``[K, D]`` on cosine distance: each merge's distance (mean
+    pairwise distance between the two clusters) and the cluster labels after it. Average linkage never merges
+    closer than the merge before, so the clusters at a threshold are those after the last merge below it."""
+    count = len(vectors)
+    distance = 1.0 - np.clip(vectors @ vectors.T, -1.0, 1.0)
+    labels = np.arange(count)
+    merges = []
+    while len(np.unique(labels)) > 1:
+        ids = np.unique(labels)
+        member = labels[None, :] == ids[:, None]  # [n, K]
+        sizes = member.sum(axis=1)
+        linkage = (member @ distance @ member.T) / np.outer(sizes, sizes)
+        np.fill_diagonal(linkage, np.inf)
+        a, b = np.unravel_index(int(np.argmin(linkage)), linkage.shape)
+        labels = np.where(labels == ids[b], ids[a], labels)
+        merges.append((float(linkage[a, b]), labels.copy()))
+    return merges
+
+
+def cluster(vectors: np.ndarray, distance_threshold: float) -> np.ndarray:
+    """Average-linkage clusters of unit vectors ``[K, D]``: merge while the two closest clusters are nearer than
+    ``distance_threshold`` (cosine distance). Labels ``[K]`` are 0, 1, … in order of each cluster's first member."""
+    return cut_linkage(average_linkage(vectors), len(vectors), distance_threshold)
+
+
+def cut_linkage(merges: list[tuple[float, np.ndarray]], count: int, distance_threshold: float) -> np.ndarray:
+    """The labels of :func:`average_linkage` at ``distance_threshold`` (so one agglomeration serves many cuts)."""
+    labels = np.arange(count)
+    for distance, after in merges:
+        if distance >= distance_threshold:
+            break
+        labels = after
+    renumber = {label: index for index, label in enumerate(dict.fromkeys(labels.tolist()))}
+    return np.asarray([renumber[label] for label in labels.tolist()], dtype=np.int64)
+
+
+def label_components(foreground: np.ndarray) -> np.ndarray:
+    """8-connected component labels of a boolean map: 0 background, 1…N in raster order of each component's
+    first pixel (``scipy.ndimage.label``'s numbering, computed by propagating the largest index to neighbours)."""
+    height, width = foreground.shape
+    labels = np.where(foreground, np.arange(1, foreground.size + 1).reshape(height, width), 0)
+    while True:
+        padded = np.pad(labels, 1)
+        spread = labels.copy()
+        for dy in (0, 1, 2):
+            for dx in (0, 1, 2):
+                np.maximum(spread, padded[dy : dy + height, dx : dx + width], out=spread)
+        spread = np.where(foreground, spread, 0)
+        if np.array_equal(spread, labels):
+            break
+        labels = spread
+    roots = np.unique(labels[labels > 0])
+    first = np.asarray([np.flatnonzero(labels.ravel() == r)[0] for r in roots], dtype=np.int64)
+    renumber = np.zeros(foreground.size + 1, dtype=np.int64)
+    renumber[roots[np.argsort(first)]] = np.arange(1, len(roots) + 1)
+    return renumber[labels]
+
+
+def component_boxes(probability: np.ndarray, threshold: float, min_area_fraction: float) -> np.ndarray:
+    """Boxes ``[N, 4]`` (exclusive max corner) of the 8-connected components of ``probability ≥ threshold`` that
+    cover at least ``min_area_fraction`` of the map, in map pixels, largest first."""
+    labels = label_components(probability >= threshold)
+    boxes, areas = [], []
+    for index in range(1, int(labels.max()) + 1):
+        rows, cols = np.nonzero(labels == index)
+        if len(rows) >= min_area_fraction * probability.size:
+            boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+            areas.append(len(rows))
+    order = np.argsort(-np.asarray(areas, dtype=np.int64), kind="stable")
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4)[order]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One salient instance: its box in network-input pixels, its score and its unit vector."""
+
+    box: np.ndarray  # [4] float (x1, y1, x2, y2)
+    score: float
+    vector: np.ndarray  # [D]
+
+
+@dataclass(frozen=True)
+class Grouping:
+    """The answer for one image: groups (each a list of instances, most cohesive first), their cohesion (mean
+    pairwise cosine similarity of the members' vectors) and the instances that joined no group."""
+
+    groups: list[list[Instance]]
+    cohesion: list[float]
+    singletons: list[Instance]
+
+
+def propose(
+    probability: np.ndarray, boxes: np.ndarray, scores: np.ndarray, spec: GroupingSpec, input_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Instance boxes ``[N,4]`` (network-input pixels) and scores ``[N]``, per ``spec.proposals``."""
+    if spec.proposals == "rpn":
+        boxes = np.clip(boxes, 0, input_size)
+        valid = (scores >= spec.min_score) & np.all(boxes[:, 2:] - boxes[:, :2] >= 2, axis=1)
+        boxes, scores = boxes[valid], scores[valid]
+        keep = nms(boxes, scores, spec.nms_iou)[: spec.max_instances]
+        return boxes[keep], scores[keep]
+    scale = input_size / np.asarray(probability.shape[::-1] * 2, dtype=np.float32)
+    found = component_boxes(probability, spec.mask_threshold, spec.min_area_fraction)[: spec.max_instances] * scale
+    component_scores = np.asarray([_mean_inside(probability, box / scale) for box in found], dtype=np.float32).reshape(
+        -1
+    )
+    return found, component_scores
+
+
+def _mean_inside(probability: np.ndarray, box: np.ndarray) -> float:
+    x1, y1, x2, y2 = (round(float(v)) for v in box)
+    return float(probability[y1:y2, x1:x2].mean()) if x2 > x1 and y2 > y1 else 0.0
+
+
+def region_vectors(
+    features: np.ndarray, boxes: np.ndarray, embed: Callable[[np.ndarray], np.ndarray], region: RegionHeadSpec
+) -> np.ndarray:
+    """Unit vectors ``[K, D]`` of ``[K, 4]`` boxes: RoIAlign on ``R`` ``[C, H, W]``, then the head ``embed``
+    (pooled ``[K, C*P*P]`` → ``[K, D]``)."""
+    if len(boxes) == 0:
+        return np.zeros((0, 1), dtype=np.float32)
+    pooled = roi_align(features, boxes, region.pool_size, region.stride, region.sampling_ratio)
+    vectors = embed(pooled.reshape(len(pooled), -1))
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def group_instances(boxes: np.ndarray, scores: np.ndarray, vectors: np.ndarray, distance_threshold: float) -> Grouping:
+    """Cluster instances by their unit vectors; clusters of two or more are groups (most cohesive first, members by
+    score), the rest singletons (by score)."""
+    labels = cluster(vectors, distance_threshold)
+    instances = [Instance(b, float(s), v) for b, s, v in zip(boxes, scores, vectors, strict=True)]
+    groups, cohesion, singletons = [], [], []
+    for label in np.unique(labels):
+        members = [instances[i] for i in np.flatnonzero(labels == label)]
+        if len(members) < 2:
+            singletons.extend(members)
+            continue
+        stacked = np.stack([m.vector for m in members])
+        similarity = stacked @ stacked.T
+        pairs = len(members) * (len(members) - 1)
+        groups.append(sorted(members, key=lambda m: -m.score))
+        cohesion.append(float((similarity.sum() - np.trace(similarity)) / pairs))
+    order = np.argsort(-np.asarray(cohesion), kind="stable")
+    return Grouping(
+        groups=[groups[i] for i in order],
+        cohesion=[cohesion[i] for i in order],
+        singletons=sorted(singletons, key=lambda m: -m.score),
+    )
+
+
+def find_groups(
+    probability: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    features: np.ndarray,
+    embed: Callable[[np.ndarray], np.ndarray],
+    spec: GroupingSpec,
+    region: RegionHeadSpec,
+    input_size: int,
+) -> Grouping:
+    """Group one image's instances: :func:`propose`, :func:`region_vectors`, :func:`group_instances`.
+
+    Args:
+        probability: ``[h, w]`` co-saliency probabilities (the graph's saliency output).
+        boxes: ``[N, 4]`` RPN boxes in network-input pixels; ``scores``: ``[N]`` their objectness probabilities.
+        features: ``[C, H, W]`` feature-sensitive features ``R``.
+        embed: the regional feature mapping head: pooled ``[K, C*P*P]`` → unit vectors ``[K, D]``.
+        spec: proposal, NMS and clustering settings; ``region``: RoIAlign geometry of the head.
+        input_size: side of the square network input.
+    """
+    instance_boxes, instance_scores = propose(probability, boxes, scores, spec, input_size)
+    vectors = region_vectors(features, instance_boxes, embed, region)
+    return group_instances(instance_boxes, instance_scores, vectors, spec.distance_threshold)
+
+
+def image_outputs(outputs: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
+    """One image's co-saliency map ``[h, w]``, RPN boxes ``[N, 4]`` (network-input pixels; the graph gives
+    fractions of the input side), scores ``[N]`` and features ``[C, H, W]`` from a co-saliency bundle's outputs for
+    that image (batch axis removed), under the keys ``probability``, ``boxes``, ``scores``, ``features``."""
+    by_kind = {}
+    for kind in ("saliency", "boxes", "scores", "embedding"):
+        specs = manifest.output(kind)
+        if not specs:
+            raise BundleError(f"bundle {manifest.name} has no {kind!r} output, which co-saliency grouping needs")
+        by_kind[kind] = outputs[specs[0].name]
+    return {
+        "probability": by_kind["saliency"][0],
+        "boxes": by_kind["boxes"] * manifest.preprocess.input_size,
+        "scores": by_kind["scores"],
+        "features": by_kind["embedding"],
+    }
+
+
+def image_box(box: np.ndarray, image_size: tuple[int, int], input_size: int) -> tuple[int, int, int, int]:
+    """A network-input box as whole image pixels ``(x0, y0, x1, y1)``, x0/y0 inclusive and x1/y1 exclusive, covering
+    the box and clipped to the ``(width, height)`` image (at least one pixel wide and high)."""
+    width, height = image_size
+    x1, y1, x2, y2 = (float(v) for v in box * np.asarray([width, height, width, height]) / input_size)
+    x0 = min(max(int(np.floor(x1)), 0), width - 1)
+    y0 = min(max(int(np.floor(y1)), 0), height - 1)
+    return x0, y0, max(min(int(np.ceil(x2)), width), x0 + 1), max(min(int(np.ceil(y2)), height), y0 + 1)
+
+
+def cosaliency_map(probability: np.ndarray, grouping: Grouping, input_size: int) -> np.ndarray:
+    """The co-saliency map (``probability``'s size and dtype): ``probability`` inside the boxes of group members,
+    zero elsewhere."""
+    height, width = probability.shape
+    inside = np.zeros_like(probability, dtype=bool)
+    for member in (m for group in grouping.groups for m in group):
+        x0, y0, x1, y1 = image_box(member.box, (width, height), input_size)
+        inside[y0:y1, x0:x1] = True
+    return np.where(inside, probability, np.zeros_like(probability))

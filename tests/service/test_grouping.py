@@ -1,0 +1,113 @@
+"""Co-saliency grouping in numpy: RoIAlign against the torch reference, NMS and components by hand, clustering of
+hand-made vectors, and the image boxes a client gets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.grouping import (
+    average_linkage,
+    box_iou,
+    cluster,
+    component_boxes,
+    cosaliency_map,
+    group_instances,
+    image_box,
+    label_components,
+    nms,
+    roi_align,
+)
+
+
+def _unit(*rows: tuple[float, ...]) -> np.ndarray:
+    vectors = np.asarray(rows, dtype=np.float64)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_roi_align_matches_the_torch_implementation_the_model_was_trained_with() -> None:
+    torch = pytest.importorskip("torch")
+    from models.roi_align import roi_align as torch_roi_align
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(6, 10, 12)).astype(np.float32)
+    # inside, overhanging the border, tiny, and the whole image (input pixels at stride 16)
+    boxes = np.asarray([[20, 30, 100, 120], [-10, 100, 60, 200], [50, 50, 53, 52], [0, 0, 192, 160]], np.float32)
+    expected = torch_roi_align(
+        torch.from_numpy(features)[None],
+        torch.cat([torch.zeros(4, 1), torch.from_numpy(boxes)], dim=1),
+        7,
+        spatial_scale=1 / 16,
+        sampling_ratio=2,
+        aligned=True,
+    ).numpy()
+    np.testing.assert_allclose(roi_align(features, boxes, 7, 16, 2), expected, atol=1e-5)
+
+
+def test_nms_keeps_the_best_of_each_overlapping_cluster() -> None:
+    boxes = np.asarray([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30], [0, 0, 9, 10]], np.float64)
+    scores = np.asarray([0.5, 0.9, 0.8, 0.1])
+    # box 1 overlaps box 0 (IoU 81/119 = 0.68) and box 3 (72/118 = 0.61); box 2 overlaps nothing
+    assert nms(boxes, scores, 0.5).tolist() == [1, 2]
+    assert nms(boxes, scores, 0.7).tolist() == [1, 2, 0]  # box 3 still falls to box 0 (IoU 0.9)
+    assert box_iou(boxes[:1], boxes[1:2])[0, 0] == pytest.approx(81 / 119)
+
+
+def test_components_are_labelled_like_scipy_and_boxed_with_exclusive_ends() -> None:
+    ndimage = pytest.importorskip("scipy.ndimage")
+    rng = np.random.default_rng(1)
+    foreground = rng.random((40, 50)) > 0.6
+    expected, _ = ndimage.label(foreground, structure=np.ones((3, 3)))
+    np.testing.assert_array_equal(label_components(foreground), expected)
+
+    probability = np.zeros((20, 30))
+    probability[2:6, 3:9] = 0.9  # 24 px
+    probability[10:19, 20:29] = 0.8  # 81 px
+    probability[15, 2] = 0.95  # one pixel: below the area floor
+    np.testing.assert_array_equal(
+        component_boxes(probability, 0.5, min_area_fraction=4 / 600), [[20, 10, 29, 19], [3, 2, 9, 6]]
+    )
+
+
+def test_clustering_groups_hand_made_vectors_at_the_threshold() -> None:
+    # two tight pairs (cosine distance ~0.01) and one far vector
+    vectors = _unit((1, 0, 0), (0.99, 0.14, 0), (0, 1, 0), (0.1, 0.995, 0), (0, 0, 1))
+    assert cluster(vectors, 0.1).tolist() == [0, 0, 1, 1, 2]
+    assert cluster(vectors, 0.001).tolist() == [0, 1, 2, 3, 4]
+    assert cluster(vectors, 1.5).tolist() == [0, 0, 0, 0, 0]
+    assert cluster(vectors[[4, 2, 0, 3, 1]], 0.1).tolist() == [0, 1, 2, 1, 2]  # labels follow first appearance
+    distances = [d for d, _ in average_linkage(vectors)]
+    assert distances == sorted(distances)  # average linkage merges never get closer
+
+
+def test_groups_are_two_or_more_most_cohesive_first_and_the_rest_singletons() -> None:
+    vectors = _unit((1, 0, 0), (0.99, 0.14, 0), (0, 1, 0), (0.05, 0.999, 0), (0, 0, 1)).astype(np.float32)
+    boxes = np.arange(20, dtype=np.float32).reshape(5, 4)
+    scores = np.asarray([0.6, 0.9, 0.7, 0.8, 0.95], np.float32)
+    grouping = group_instances(boxes, scores, vectors, 0.1)
+    assert [[float(m.score) for m in g] for g in grouping.groups] == [
+        pytest.approx([0.8, 0.7]),  # pair 2-3 is tighter than pair 0-1
+        pytest.approx([0.9, 0.6]),  # members by score
+    ]
+    assert grouping.cohesion[0] > grouping.cohesion[1]
+    assert grouping.cohesion[1] == pytest.approx(float(vectors[0] @ vectors[1]))
+    assert [m.score for m in grouping.singletons] == pytest.approx([0.95])
+
+
+def test_image_boxes_cover_the_box_with_exclusive_ends_inside_the_image() -> None:
+    # input 320 px, image 640 x 480: x scales by 2, y by 1.5
+    assert image_box(np.asarray([10.2, 20.5, 100.0, 200.1]), (640, 480), 320) == (20, 30, 200, 301)
+    assert image_box(np.asarray([-5.0, -5.0, 400.0, 330.0]), (640, 480), 320) == (0, 0, 640, 480)
+    assert image_box(np.asarray([319.9, 0.0, 320.0, 0.0]), (640, 480), 320) == (639, 0, 640, 1)
+
+
+def test_cosaliency_map_keeps_the_map_only_inside_group_boxes() -> None:
+    vectors = _unit((1, 0), (1, 0.01), (0, 1)).astype(np.float32)
+    boxes = np.asarray([[0, 0, 40, 40], [80, 80, 120, 120], [0, 100, 60, 160]], np.float32)
+    grouping = group_instances(boxes, np.ones(3, np.float32), vectors, 0.2)
+    probability = np.full((16, 16), 200, np.uint8)  # a 160 px input seen at a tenth
+    cosal = cosaliency_map(probability, grouping, 160)
+    assert cosal.dtype == np.uint8
+    assert cosal[:4, :4].min() == 200 and cosal[8:12, 8:12].min() == 200
+    assert cosal[10:16, 0:6].max() == 0  # the singleton's box
+    assert np.count_nonzero(cosal) == 32

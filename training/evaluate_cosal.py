@@ -1,0 +1,332 @@
+"""Score co-saliency grouping and maps of a co-saliency bundle on composed scenes (``training.cosal_data``).
+
+python -m training.evaluate_cosal --bundle cosal --scenes runs/cosal/test [--val-scenes runs/cosal/val]
+                                  [--saliency-bundle default] [--out FILE.json]
+
+Runs the bundle through ONNX Runtime and the service's own grouping (``service/grouping.py``), so the numbers are
+what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
+
+- ``shipped``: the bundle's grouping settings (from its manifest): ``group_found`` (share of scenes where a predicted
+  group holds ≥ 2 true group members and no distractor, box IoU ≥ 0.5), ``ari`` (mean adjusted Rand index over each
+  scene's true instances), ``max_f`` / ``mae`` of the co-saliency map (the map inside the groups' boxes; only group
+  members are foreground), and ``instances`` (mean predicted instances per scene);
+- ``decoder_map``: max F / MAE of the network's co-saliency map before grouping;
+- ``proposals``: both instance sources (RPN boxes after NMS, connected components of the map), each with its
+  settings chosen on ``--val-scenes``;
+- ``baselines``: ``colour_histogram`` (the shipped instances grouped by colour histograms instead of learned
+  vectors, threshold chosen on ``--val-scenes``) and ``saliency_map`` (``--saliency-bundle``'s saliency map scored
+  as a co-saliency map: it lights up the distractors too).
+
+``calibrate`` is also what ``python -m export`` uses to choose a co-saliency bundle's grouping settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from service.engine import Engine
+from service.grouping import (
+    Grouping,
+    average_linkage,
+    cosaliency_map,
+    cut_linkage,
+    group_instances,
+    image_outputs,
+    propose,
+    region_vectors,
+)
+from service.imaging import preprocess, resize_map
+from service.manifest import GroupingSpec, Manifest
+from training.cosal_metrics import score_scene
+from training.metrics import SaliencyMetrics, to_uint8
+
+log = logging.getLogger("training.evaluate_cosal")
+
+DISTANCE_THRESHOLDS = tuple(round(float(t), 3) for t in np.arange(0.05, 1.001, 0.05))
+MIN_SCORES = (0.3, 0.5, 0.7, 0.9)
+NMS_IOUS = (0.3, 0.5)
+MASK_THRESHOLD = 0.5
+MIN_AREA_FRACTION = 0.002
+MAX_INSTANCES = 12
+COLOUR_BINS = 8  # per channel: a joint 8×8×8 RGB histogram
+
+
+@dataclass(frozen=True)
+class EvalScene:
+    """A composed scene: image, co-saliency mask and true instances (boxes in scene pixels, group ids)."""
+
+    image: Path
+    mask: np.ndarray  # [H, W] bool
+    boxes: np.ndarray  # [T, 4]
+    groups: np.ndarray  # [T]
+    cosalient_group: int
+
+
+def read_eval_scenes(folder: Path, limit: int | None = None) -> list[EvalScene]:
+    """The scenes of a ``training.cosal_data`` folder (all, or the first ``limit``)."""
+    annotations = Path(folder) / "annotations.jsonl"
+    if not annotations.is_file():
+        raise FileNotFoundError(f"no scenes in {folder} (python -m training.cosal_data --out {folder} ...)")
+    scenes = []
+    for line in annotations.read_text().splitlines()[:limit]:
+        record = json.loads(line)
+        with Image.open(Path(folder) / "masks" / f"{record['id']}.png") as img:
+            mask = np.asarray(img) >= 128
+        scenes.append(
+            EvalScene(
+                image=Path(folder) / "images" / f"{record['id']}.jpg",
+                mask=mask,
+                boxes=np.asarray([i["box"] for i in record["instances"]], dtype=np.float64).reshape(-1, 4),
+                groups=np.asarray([i["group"] for i in record["instances"]], dtype=np.int64),
+                cosalient_group=int(record["cosalient_group"]),
+            )
+        )
+    return scenes
+
+
+@dataclass
+class SceneOutputs:
+    """One scene's bundle outputs (``service.grouping.image_outputs``) and its network-input RGB."""
+
+    outputs: dict[str, np.ndarray]
+    rgb: np.ndarray  # [S, S, 3] uint8, the stretched network input
+
+
+def run_bundle(engine: Engine, scenes: list[EvalScene], progress: bool = True) -> list[SceneOutputs]:
+    """Run a co-saliency bundle on every scene, one at a time (batch 1, as the service mostly runs)."""
+    size = engine.input_size
+    results = []
+    for scene in tqdm(scenes, desc="scenes", disable=not progress, leave=False):
+        with Image.open(scene.image) as img:
+            rgb = img.convert("RGB")
+        outputs, _ = engine.run_sync(preprocess(rgb, engine.manifest.preprocess)[None])
+        stretched = np.asarray(rgb.resize((size, size), Image.BILINEAR))
+        results.append(SceneOutputs(image_outputs({k: v[0] for k, v in outputs.items()}, engine.manifest), stretched))
+    return results
+
+
+VectorFn = Callable[[SceneOutputs, np.ndarray], np.ndarray]
+
+
+def learned_vectors(engine: Engine) -> VectorFn:
+    """The bundle's regional feature mapping head on RoIAlign-pooled ``R`` (what the service uses)."""
+    region = engine.manifest.regions
+    if region is None:
+        raise ValueError(f"bundle {engine.manifest.name} has no regional feature mapping head")
+    return lambda scene, boxes: region_vectors(scene.outputs["features"], boxes, engine.embed_regions, region)
+
+
+def colour_vectors(scene: SceneOutputs, boxes: np.ndarray) -> np.ndarray:
+    """Baseline: each box's joint RGB histogram (8 bins per channel), square-rooted and L2-normalized (so cosine
+    distance is the Hellinger distance's monotone cousin)."""
+    vectors = []
+    for x1, y1, x2, y2 in np.round(boxes).astype(int):
+        patch = scene.rgb[max(y1, 0) : max(y2, y1 + 1), max(x1, 0) : max(x2, x1 + 1)].reshape(-1, 3)
+        bins = (patch // (256 // COLOUR_BINS)).astype(np.int64)
+        index = (bins[:, 0] * COLOUR_BINS + bins[:, 1]) * COLOUR_BINS + bins[:, 2]
+        histogram = np.sqrt(np.bincount(index, minlength=COLOUR_BINS**3).astype(np.float64))
+        vectors.append(histogram / max(np.linalg.norm(histogram), 1e-12))
+    return np.asarray(vectors, dtype=np.float32).reshape(len(boxes), COLOUR_BINS**3)
+
+
+def _scene_pixels(boxes: np.ndarray, scene: EvalScene, input_size: int) -> np.ndarray:
+    height, width = scene.mask.shape
+    return boxes * np.asarray([width, height, width, height]) / input_size
+
+
+def _labels(grouping: Grouping) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes ``[P, 4]`` and cluster labels of every predicted instance (each singleton its own cluster)."""
+    boxes, labels = [], []
+    clusters = [*grouping.groups, *([m] for m in grouping.singletons)]
+    for label, members in enumerate(clusters):
+        boxes.extend(m.box for m in members)
+        labels.extend([label] * len(members))
+    return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
+
+
+def _base_spec(proposals: str, min_score: float, nms_iou: float, distance: float, selected_on: str) -> GroupingSpec:
+    return GroupingSpec(
+        proposals=proposals,  # type: ignore[arg-type]
+        min_score=min_score,
+        nms_iou=nms_iou,
+        max_instances=MAX_INSTANCES,
+        distance_threshold=distance,
+        mask_threshold=MASK_THRESHOLD,
+        min_area_fraction=MIN_AREA_FRACTION,
+        selected_on=selected_on,
+    )
+
+
+def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
+    specs = []
+    for mode in proposals:
+        if mode == "rpn":
+            specs += [_base_spec("rpn", s, n, 1.0, "") for s in MIN_SCORES for n in NMS_IOUS]
+        else:
+            specs.append(_base_spec("components", 0.0, 0.5, 1.0, ""))
+    return specs
+
+
+def calibrate(
+    scenes: list[EvalScene],
+    outputs: list[SceneOutputs],
+    vectors: VectorFn,
+    input_size: int,
+    proposals: Iterable[str] = ("rpn", "components"),
+    label: str = "",
+) -> dict[str, GroupingSpec]:
+    """The best settings per instance source on these (validation) scenes, by group-found rate + mean ARI.
+
+    Each source's proposal settings are tried on every scene once; the clustering threshold is swept by cutting one
+    average-linkage agglomeration per scene.
+    """
+    best: dict[str, tuple[float, GroupingSpec]] = {}
+    for candidate in _candidate_specs(proposals):
+        found = np.zeros(len(DISTANCE_THRESHOLDS))
+        ari = np.zeros(len(DISTANCE_THRESHOLDS))
+        for scene, out in zip(scenes, outputs, strict=True):
+            o = out.outputs
+            boxes, _ = propose(o["probability"], o["boxes"], o["scores"], candidate, input_size)
+            merges = average_linkage(vectors(out, boxes)) if len(boxes) else []
+            pixels = _scene_pixels(boxes, scene, input_size)
+            for t, distance in enumerate(DISTANCE_THRESHOLDS):
+                labels = cut_linkage(merges, len(boxes), distance)
+                score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
+                found[t] += score.group_found
+                ari[t] += score.ari
+        objective = (found + ari) / len(scenes)
+        t = int(np.argmax(objective))
+        if candidate.proposals not in best or objective[t] > best[candidate.proposals][0]:
+            note = (
+                f"{label}: group found {found[t] / len(scenes):.3f}, ARI {ari[t] / len(scenes):.3f} "
+                f"on {len(scenes)} scenes"
+            )
+            best[candidate.proposals] = (
+                float(objective[t]),
+                candidate.model_copy(update={"distance_threshold": DISTANCE_THRESHOLDS[t], "selected_on": note}),
+            )
+    return {mode: spec for mode, (_, spec) in best.items()}
+
+
+def evaluate(
+    scenes: list[EvalScene], outputs: list[SceneOutputs], vectors: VectorFn, spec: GroupingSpec, input_size: int
+) -> dict[str, Any]:
+    """Group every scene with ``spec`` and score the groups and the co-saliency map."""
+    metrics = SaliencyMetrics()
+    found, ari, instances = [], [], []
+    for scene, out in zip(scenes, outputs, strict=True):
+        o = out.outputs
+        boxes, scores = propose(o["probability"], o["boxes"], o["scores"], spec, input_size)
+        grouping = group_instances(boxes, scores, vectors(out, boxes), spec.distance_threshold)
+        pred_boxes, labels = _labels(grouping)
+        score = score_scene(
+            scene.boxes, scene.groups, scene.cosalient_group, _scene_pixels(pred_boxes, scene, input_size), labels
+        )
+        found.append(score.group_found)
+        ari.append(score.ari)
+        instances.append(len(pred_boxes))
+        height, width = scene.mask.shape
+        cosal = resize_map(cosaliency_map(o["probability"], grouping, input_size), (width, height))
+        metrics.update(to_uint8(cosal), scene.mask)
+    maps = metrics.results()
+    return {
+        "settings": spec.model_dump(),
+        "group_found": round(float(np.mean(found)), 4),
+        "ari": round(float(np.mean(ari)), 4),
+        "max_f": round(maps["max_f"], 4),
+        "mae": round(maps["mae"], 4),
+        "instances": round(float(np.mean(instances)), 2),
+    }
+
+
+def map_scores(scenes: list[EvalScene], maps: Iterable[np.ndarray]) -> dict[str, float]:
+    """Max F and MAE of probability maps (any size) against the scenes' co-saliency masks."""
+    metrics = SaliencyMetrics()
+    for scene, prob in zip(scenes, maps, strict=True):
+        height, width = scene.mask.shape
+        metrics.update(to_uint8(resize_map(prob, (width, height))), scene.mask)
+    results = metrics.results()
+    return {"max_f": round(results["max_f"], 4), "mae": round(results["mae"], 4)}
+
+
+def _saliency_maps(engine: Engine, scenes: list[EvalScene]) -> Iterable[np.ndarray]:
+    name = engine.manifest.output("saliency")[0].name
+    for scene in scenes:
+        with Image.open(scene.image) as img:
+            outputs, _ = engine.run_sync(preprocess(img.convert("RGB"), engine.manifest.preprocess)[None])
+        yield outputs[name][0, 0]
+
+
+def _shipped_grouping(manifest: Manifest) -> GroupingSpec:
+    if manifest.grouping is None:
+        raise SystemExit(f"bundle {manifest.name} is not a co-saliency bundle (its manifest has no grouping)")
+    return manifest.grouping
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.evaluate_cosal",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--bundle", required=True, help="co-saliency bundle name under bundles/ or folder")
+    parser.add_argument("--scenes", type=Path, required=True, help="test scenes (training.cosal_data folder)")
+    parser.add_argument("--val-scenes", type=Path, default=Path("runs/cosal/val"), help="for baseline settings")
+    parser.add_argument("--saliency-bundle", help="a saliency bundle whose map is scored as a co-saliency map")
+    parser.add_argument("--limit", type=int, help="only the first N scenes of each folder")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+    engine = Engine(args.bundle, "auto", ["CPUExecutionProvider"], intra_op_threads=args.threads)
+    shipped = _shipped_grouping(engine.manifest)
+    size = engine.input_size
+    progress = not args.no_progress
+    test = read_eval_scenes(args.scenes, args.limit)
+    val = read_eval_scenes(args.val_scenes, args.limit)
+    test_out = run_bundle(engine, test, progress)
+    val_out = run_bundle(engine, val, progress)
+    learned = learned_vectors(engine)
+    per_source = calibrate(val, val_out, learned, size, label=str(args.val_scenes))
+    colour = calibrate(val, val_out, colour_vectors, size, (shipped.proposals,), label=str(args.val_scenes))
+    result: dict[str, Any] = {
+        "bundle": str(engine.info.bundle_dir),
+        "variant": engine.info.variant,
+        "scenes": str(args.scenes),
+        "count": len(test),
+        "shipped": evaluate(test, test_out, learned, shipped, size),
+        "decoder_map": map_scores(test, (o.outputs["probability"] for o in test_out)),
+        "proposals": {mode: evaluate(test, test_out, learned, spec, size) for mode, spec in per_source.items()},
+        "baselines": {
+            "colour_histogram": evaluate(test, test_out, colour_vectors, colour[shipped.proposals], size),
+        },
+    }
+    if args.saliency_bundle:
+        saliency = Engine(args.saliency_bundle, "auto", ["CPUExecutionProvider"], intra_op_threads=args.threads)
+        result["baselines"]["saliency_map"] = {
+            "bundle": str(saliency.info.bundle_dir),
+            **map_scores(test, _saliency_maps(saliency, test)),
+        }
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
