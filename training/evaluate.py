@@ -46,7 +46,7 @@ from training.data import (
     read_fixations,
     read_split,
 )
-from training.fixation_metrics import CentreBias, FixationMetrics
+from training.fixation_metrics import CentreBias, FixationMetrics, fixation_density
 from training.metrics import SaliencyMetrics, to_uint8
 from training.transforms import Preprocess, preprocess_image
 
@@ -109,6 +109,7 @@ class CheckpointPredictor:
 
     path: Path
     attention: str | None = None
+    fixations_csv: Path | None = None
 
     def __post_init__(self) -> None:
         if not Path(self.path).is_file():
@@ -134,10 +135,28 @@ class CheckpointPredictor:
         }  # fmt: skip
         self.specs = chosen_attention(available, self.attention, state["model_name"]) if self.attention else {}
         self.last_attention: dict[str, np.ndarray] = {}
+        # Explicit Attention (Human) models read each image's own fixation map (the study's upper bound).
+        self.human_fixations: dict[str, list] | None = None
+        if getattr(self.model, "mode", None) == "replace":
+            if self.fixations_csv is None:
+                name = state["model_name"]
+                raise EvaluationError(f"{name} (mode=replace) reads each image's fixations: give --fixations")
+            self.human_fixations = read_fixations(self.fixations_csv)
+
+    @staticmethod
+    def _human_map(fixations: dict[str, list], sample: Sample, shape: tuple[int, int]) -> torch.Tensor:
+        """The sample's fixation density ``[1,1,H,W]`` at the image's ``shape``."""
+        if sample.stem not in fixations:
+            raise EvaluationError(f"no fixations for {sample.stem}: a mode=replace model cannot run without them")
+        points = np.array([[f.x, f.y] for f in fixations[sample.stem]])
+        return torch.from_numpy(fixation_density(points, shape).astype(np.float32))[None, None]
 
     @torch.no_grad()
     def __call__(self, sample: Sample, image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
-        output = self.model(preprocess_image(image, self.pre)[None])
+        x = preprocess_image(image, self.pre)[None]
+        size = (image.size[1], image.size[0])
+        human = self._human_map(self.human_fixations, sample, size) if self.human_fixations is not None else None
+        output = self.model(x, external_attention=human) if human is not None else self.model(x)
         self.last_attention = {
             key: gaze_map(output.attention[key][0].float().numpy(), spec, shape) for key, spec in self.specs.items()
         }
@@ -262,6 +281,7 @@ def make_predictor(
     baseline: str | None = None,
     threads: int = 2,
     attention: str | None = None,
+    fixations_csv: Path | None = None,
 ) -> Predictor:
     """The predictor for exactly one source; ``attention`` (bundles and checkpoints): see :class:`BundlePredictor`."""
     given = [k for k, v in {"bundle": bundle, "checkpoint": checkpoint, "predictions": predictions}.items() if v]
@@ -275,7 +295,7 @@ def make_predictor(
     if bundle:
         return BundlePredictor(bundle, variant, threads, attention)
     if checkpoint:
-        return CheckpointPredictor(Path(checkpoint), attention)
+        return CheckpointPredictor(Path(checkpoint), attention, fixations_csv)
     if predictions:
         return PredictionsPredictor(Path(predictions))
     return BaselinePredictor(str(baseline))
@@ -398,6 +418,7 @@ def main(argv: list[str] | None = None) -> None:
             baseline=args.baseline,
             threads=args.threads,
             attention=args.attention,
+            fixations_csv=Path(args.fixations) if args.fixations else None,
         )
         if args.attention and not args.fixations:
             raise EvaluationError("--attention scores an attention map against fixations: give --fixations too")

@@ -177,6 +177,12 @@ def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = No
     loss_fn = build_loss(cfg.loss, model)
     train_set = build_dataset(cfg.data.train, root, TrainTransform(cfg.preprocess, **cfg.data.augment))
     val_set = build_dataset([cfg.data.val], root, EvalTransform(cfg.preprocess)) if cfg.data.val else None
+    human_attention = getattr(model, "mode", None) == "replace"
+    if human_attention and (train_set.fixations is None or val_set is not None):
+        raise ConfigError(
+            f"{cfg.model} with mode=replace reads each image's human fixation map: give every training set "
+            "`fixations:` and no `val:` (validation sets without fixations cannot feed it; the last epoch is kept)"
+        )
 
     start_epoch, best = 0, {"max_f": -1.0, "epoch": -1}
     last_path = out / "last.pt"
@@ -218,7 +224,8 @@ def train(cfg: TrainConfig, resume: bool = False, max_minutes: float | None = No
             for group in optimizer.param_groups:
                 group["lr"] = cfg.optim.lr * group["lr_mult"] * factor
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.run.bf16):
-                output = model(images)
+                # Explicit Attention (Human): the human fixation map replaces the model's attention
+                output = model(images, external_attention=fixation_maps[0]) if human_attention else model(images)
             loss, parts = loss_fn(output, masks, *fixation_maps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

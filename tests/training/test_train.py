@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -142,3 +143,21 @@ def test_warmup_rises_linearly_to_the_base_rate_and_never_above() -> None:
     assert factors[0] == pytest.approx(1e-3) and factors[50] == pytest.approx(0.5)
     assert max(factors) <= 1.0 and factors == sorted(factors)
     assert learning_rate_factor(cfg, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_human_attention_trains_and_evaluates_on_each_images_fixation_map(sod_dir: Path, tmp_path: Path) -> None:
+    from training.data import list_pairs, load_rgb
+    from training.evaluate import CheckpointPredictor, EvaluationError
+
+    human = {"model_kwargs": {"input_size": 64, "mode": "replace"}}
+    with pytest.raises(ConfigError, match="mode=replace"):  # a validation set has no fixations to feed it
+        train(_config(sod_dir, tmp_path / "with_val", **human))
+    cfg = _config(sod_dir, tmp_path / "run", data={"val": None}, schedule={"epochs": 1}, **human)
+    train(cfg)
+    with pytest.raises(EvaluationError, match="give --fixations"):
+        CheckpointPredictor(tmp_path / "run" / "best.pt")
+    predictor = CheckpointPredictor(tmp_path / "run" / "best.pt", fixations_csv=sod_dir / "fixations.csv")
+    sample = next(s for s in list_pairs(sod_dir / "images", sod_dir / "masks") if s.stem in predictor.human_fixations)
+    image = load_rgb(sample.image)
+    prediction = predictor(sample, image, (image.size[1], image.size[0]))
+    assert prediction.shape == (image.size[1], image.size[0]) and prediction.dtype == np.uint8
