@@ -57,6 +57,8 @@ def top_weight_agreement(
 ) -> dict[str, float]:
     """For per-pixel attention outputs ``[B,K,h,w]``: the fraction of pixels whose largest weight sits on the same
     cell in both sessions (what a user reads from a clicked pixel's attention)."""
+    if not names:  # ONNX Runtime reads an empty list of output names as "every output"
+        return {}
     same = dict.fromkeys(names, 0)
     total = dict.fromkeys(names, 0)
     for start in range(0, len(images), batch_size):

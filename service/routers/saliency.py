@@ -23,7 +23,6 @@ from service.schemas import (
     ErrorResponse,
     ImageResult,
     ImageSize,
-    ModelRef,
     SaliencyResponse,
 )
 
@@ -46,11 +45,6 @@ PipelineDep = Annotated[Pipeline, Depends(ready_pipeline)]
 OptionsDep = Annotated[Options, Depends(parse_options)]
 
 
-def _model_ref(pipeline: Pipeline) -> ModelRef:
-    info = pipeline.engine.info
-    return ModelRef(name=info.manifest.name, version=info.manifest.version, variant=info.variant)
-
-
 @router.post(
     "/saliency",
     response_model=SaliencyResponse,
@@ -68,7 +62,7 @@ async def saliency(
     if options.png:
         return Response(content=await pipeline.run_png(data, options), media_type="image/png")
     result = await pipeline.run(data, options)
-    return SaliencyResponse(request_id=request.state.request_id, model=_model_ref(pipeline), **result.model_dump())
+    return SaliencyResponse(request_id=request.state.request_id, model=pipeline.model_ref(), **result.model_dump())
 
 
 @router.post("/saliency/batch", response_model=BatchResponse)
@@ -101,7 +95,7 @@ async def saliency_batch(
             task.cancel()
     return BatchResponse(
         request_id=request.state.request_id,
-        model=_model_ref(pipeline),
+        model=pipeline.model_ref(),
         results=results,
     )
 
@@ -142,7 +136,7 @@ async def compare(
         return [base64.b64encode(encode_png(to_uint8(m))).decode("ascii") for m in maps]
 
     pngs = await asyncio.get_running_loop().run_in_executor(pipelines[0].pool, render)
-    refs = [_model_ref(p) for p in pipelines]
+    refs = [p.model_ref() for p in pipelines]
     agreement = []
     for (i, a), (j, b) in itertools.combinations(enumerate(maps), 2):
         mae, iou = map_agreement(a, b)

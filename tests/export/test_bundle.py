@@ -22,7 +22,7 @@ from export.bundle import (
 from export.checkpoint import load_checkpoint
 from export.images import list_images, load_batch
 from export.onnx_export import attention_output_name, describe_outputs, export_onnx
-from export.parity import ParityError, check_parity, cpu_session, max_abs_diff
+from export.parity import ParityError, check_parity, cpu_session, max_abs_diff, top_weight_agreement
 from export.quantize import attention_consumer_nodes, input_conv_nodes, output_logit_nodes, quantize_int8
 from export.tensorrt import detect_tensorrt
 from service.manifest import BundleError, Manifest, load_manifest, resolve_bundle, sha256_file
@@ -165,6 +165,13 @@ def test_int8_keeps_the_first_layer_and_the_output_logit_convolutions_in_float(
     assert len(readers) == 1 and readers[0].endswith("MatMul")
     nodes = {n.name: n for n in int8.graph.node}
     assert not set(nodes[readers[0]].input) & dequantized
+
+
+def test_attention_agreement_of_a_model_without_per_pixel_attention_is_empty(exported, fixture_images: Path) -> None:
+    out, _, _ = exported
+    session = cpu_session(out / "model.onnx")
+    images = load_batch(list_images(fixture_images, limit=1), load_manifest(out).preprocess)
+    assert top_weight_agreement(session, session, images, []) == {}  # not "every output", as ORT reads []
 
 
 def test_fp16_variant_keeps_float_io_and_stays_close(exported, fixture_images: Path) -> None:
