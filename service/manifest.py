@@ -99,7 +99,7 @@ class RegionHeadSpec(_Strict):
 class GroupingSpec(_Strict):
     """How the service cuts instances and clusters them (``service/grouping.py``); chosen on validation scenes."""
 
-    proposals: Literal["rpn", "components"]
+    proposals: Literal["rpn", "components", "both"]
     min_score: float = Field(ge=0, le=1)  # RPN objectness probability an instance needs
     nms_iou: float = Field(gt=0, le=1)
     max_instances: int = Field(ge=1)

@@ -16,6 +16,7 @@ from service.grouping import (
     image_box,
     label_components,
     nms,
+    propose,
     roi_align,
 )
 
@@ -111,3 +112,22 @@ def test_cosaliency_map_keeps_the_map_only_inside_group_boxes() -> None:
     assert cosal[:4, :4].min() == 200 and cosal[8:12, 8:12].min() == 200
     assert cosal[10:16, 0:6].max() == 0  # the singleton's box
     assert np.count_nonzero(cosal) == 32
+
+
+def test_both_sources_merge_components_first_then_rpn_boxes_elsewhere() -> None:
+    from service.manifest import GroupingSpec
+
+    probability = np.zeros((32, 32), np.float32)
+    probability[4:12, 4:12] = 0.9  # one object the map outlines: input box (16, 16, 48, 48) at 128 px
+    rpn_boxes = np.asarray([[15, 15, 49, 47], [80, 80, 120, 120], [0, 0, 4, 4]], np.float32)
+    rpn_scores = np.asarray([0.99, 0.8, 0.9], np.float32)
+    spec = GroupingSpec(
+        proposals="both", min_score=0.5, nms_iou=0.5, max_instances=12, distance_threshold=0.3,
+        mask_threshold=0.5, min_area_fraction=0.01,
+    )  # fmt: skip
+    boxes, scores = propose(probability, rpn_boxes, rpn_scores, spec, 128)
+    # the component first (it suppresses the RPN box on the same object), then the other RPN boxes by objectness
+    np.testing.assert_allclose(boxes, [[16, 16, 48, 48], [0, 0, 4, 4], [80, 80, 120, 120]])
+    np.testing.assert_allclose(scores, [0.9, 0.9, 0.8])  # the component's score is the map's mean inside it
+    only_rpn, _ = propose(probability, rpn_boxes, rpn_scores, spec.model_copy(update={"proposals": "rpn"}), 128)
+    assert len(only_rpn) == 3 and only_rpn[0].tolist() == [15, 15, 49, 47]

@@ -139,6 +139,6 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     capsys.readouterr()
     assert evaluate_main(["--bundle", str(out), "--scenes", str(val), "--val-scenes", str(val), "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["count"] == 3 and set(result["proposals"]) == {"rpn", "components"}
+    assert result["count"] == 3 and set(result["proposals"]) == {"rpn", "components", "both"}
     for scores in (result["shipped"], result["baselines"]["colour_histogram"]):
         assert 0 <= scores["group_found"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["mae"] <= 1
