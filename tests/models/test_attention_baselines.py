@@ -106,8 +106,9 @@ def test_replace_mode_uses_the_external_map_exactly() -> None:
         h, w = decoded[index].shape[-2:]
         block = 224 // h
         by_hand = fixation.reshape(2, 1, h, block, w, block).mean(dim=(3, 5))  # area average of each cell
-        torch.testing.assert_close(out.attention[name], by_hand)
-        torch.testing.assert_close(attended[index], decoded[index] * by_hand)
+        # area pooling sums in another order than the reshape mean: float32 rounding, not a different map
+        torch.testing.assert_close(out.attention[name], by_hand, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(attended[index], decoded[index] * by_hand, rtol=1e-4, atol=1e-5)
     other = model(torch.ones(2, 3, 224, 224), torch.zeros(2, 1, 224, 224))
     assert all(a.eq(0).all() for a in attended[3:])  # zero attention silences every attended feature
     assert all(torch.equal(m, torch.zeros_like(m)) for m in other.attention.values())
