@@ -33,6 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models import build_model
+from models.outputs import ModelOutput
 from service.attention import attention_summary
 from service.manifest import AttentionSpec
 from training.baselines import BASELINES, baseline_map
@@ -151,12 +152,16 @@ class CheckpointPredictor:
         points = np.array([[f.x, f.y] for f in fixations[sample.stem]])
         return torch.from_numpy(fixation_density(points, shape).astype(np.float32))[None, None]
 
+    def forward(self, sample: Sample, x: torch.Tensor, image_size: tuple[int, int]) -> ModelOutput:
+        """The model on the preprocessed batch ``x`` of ``sample`` (``image_size`` = its ``(H, W)``), given the
+        image's own fixation map when the model replaces its attention with it."""
+        if self.human_fixations is None:
+            return self.model(x)
+        return self.model(x, external_attention=self._human_map(self.human_fixations, sample, image_size))
+
     @torch.no_grad()
     def __call__(self, sample: Sample, image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
-        x = preprocess_image(image, self.pre)[None]
-        size = (image.size[1], image.size[0])
-        human = self._human_map(self.human_fixations, sample, size) if self.human_fixations is not None else None
-        output = self.model(x, external_attention=human) if human is not None else self.model(x)
+        output = self.forward(sample, preprocess_image(image, self.pre)[None], (image.size[1], image.size[0]))
         self.last_attention = {
             key: gaze_map(output.attention[key][0].float().numpy(), spec, shape) for key, spec in self.specs.items()
         }

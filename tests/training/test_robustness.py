@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from models import build_model
 from training import robustness as robustness_module
 from training.data import list_pairs, load_mask, load_rgb
-from training.evaluate import evaluate, make_predictor
+from training.evaluate import EvaluationError, evaluate, make_predictor
 from training.robustness import fgsm, pixel_bounds, robustness
 from training.transforms import Preprocess, preprocess_image
 
@@ -38,7 +38,7 @@ def test_fgsm_moves_each_pixel_by_at_most_eps_and_raises_the_loss(sod_dir: Path)
     x = preprocess_image(load_rgb(sample.image), pre)[None]
     mask = torch.from_numpy(load_mask(sample.mask).astype("float32"))[None, None]
     low, high, step = pixel_bounds(pre)
-    attacked = fgsm(model, x, mask, 4.0, pre)
+    attacked = fgsm(lambda batch: model(batch).final, x, mask, 4.0, pre)
     assert torch.all((attacked - x).abs() <= 4.0 * step + 1e-6)
     assert torch.all(attacked >= low - 1e-6) and torch.all(attacked <= high + 1e-6)
 
@@ -73,3 +73,21 @@ def test_cli_prints_json_and_refuses_bad_eps(
         with pytest.raises(SystemExit):
             robustness_module.main([*args, "--eps", bad])
         assert "--eps" in capsys.readouterr().err
+
+
+def test_human_map_model_is_attacked_through_its_pixels_with_the_fixations_held(sod_dir: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model("attnbaseline_sigmoid_lite", mode="replace", input_size=64).eval()
+    state = {"model_name": "attnbaseline_sigmoid_lite", "model_kwargs": {"mode": "replace", "input_size": 64}}
+    config = {"preprocess": Preprocess(input_size=64).to_dict()}
+    torch.save({**state, "epoch": 0, "model": model.state_dict(), "config": config}, tmp_path / "human.pt")
+    samples = list_pairs(sod_dir / "images", sod_dir / "masks")[:3]
+    fixations = tmp_path / "fixations.csv"
+    fixations.write_text("stem,x,y\n" + "".join(f"{s.stem},{5 + i},{7 + i}\n" for i, s in enumerate(samples)))
+    with pytest.raises(EvaluationError, match="give --fixations"):
+        robustness(tmp_path / "human.pt", samples, [4.0], progress=False)
+    result = robustness(tmp_path / "human.pt", samples, [4.0], progress=False, fixations_csv=fixations)
+    predictor = make_predictor(checkpoint=str(tmp_path / "human.pt"), fixations_csv=fixations)
+    reference, _ = evaluate(predictor, samples, progress=False)
+    assert result["clean"] == {"max_f": reference["max_f"], "mae": reference["mae"]}
+    assert result["fgsm"][0]["mae"] != result["clean"]["mae"]  # the gradient reached the pixels through the map
