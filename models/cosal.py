@@ -158,14 +158,14 @@ class CoSaliencyNet(nn.Module):
     Args:
         encoder: returns ``[En1, …, EnN]`` and declares ``channels`` and ``strides``.
         sensitive_channels: channels of ``R``.
-        anchor_sizes: the three anchor sides in input pixels (areas ``s²``).
+        anchor_sizes: the anchor sides in input pixels (areas ``s²``; each with the three ratios).
         embedding_dim: length of the region vectors.
         rfm_hidden: hidden width of the regional feature mapping head.
         input_size: nominal square input side.
         frozen_encoder: freeze the encoder (the paper freezes its ImageNet VGG16).
 
     Returns (forward): ``ModelOutput`` with side outputs (coarsest first), ``embedding`` = ``R`` ``[B,C,h,w]`` and
-    ``extras`` ``rpn_objectness`` ``[B,9,h,w]`` and ``rpn_deltas`` ``[B,36,h,w]``.
+    ``extras`` ``rpn_objectness`` ``[B,A,h,w]`` and ``rpn_deltas`` ``[B,4A,h,w]`` (``A`` = 3 ratios × sides).
     """
 
     def __init__(
@@ -229,7 +229,7 @@ class CoSaliencyNet(nn.Module):
         return self
 
     def anchors(self, feature_size: tuple[int, int] | None = None) -> Tensor:
-        """Anchors ``[h*w*9, 4]`` (input pixels) for the RPN outputs of a ``feature_size`` map (default: the map of
+        """Anchors ``[h*w*A, 4]`` (input pixels) for the RPN outputs of a ``feature_size`` map (default: the map of
         an ``input_size`` image), in the order of :func:`flatten_rpn_outputs`."""
         if feature_size is None:
             side = math.ceil(self.input_size / self.feature_stride)
@@ -304,19 +304,24 @@ def cosal_lite(input_size: int = 224, frozen_encoder: bool = False, **encoder_kw
 
 
 @register_model("cosal_effl0", paper=_PAPER)
-def cosal_effl0(input_size: int = 320, frozen_encoder: bool = True, output_stride: int = 16) -> CoSaliencyNet:
+def cosal_effl0(
+    input_size: int = 320,
+    frozen_encoder: bool = True,
+    output_stride: int = 16,
+    anchor_sizes: Sequence[float] | None = None,
+) -> CoSaliencyNet:
     """Co-saliency net on the frozen ImageNet EfficientNet-Lite0 encoder (the paper froze an ImageNet VGG16).
 
     The last stage is dilated to output stride 16, the stride of the paper's VGG16 conv5, so ``R`` (128 channels)
     is 20×20 on the 320 px scenes; U-Net decoder down to stride 2; 128-d region vectors; anchors scaled from the
-    paper's 128/256/512 px on ~512 px images. Load the ImageNet weights with ``model.encoder.load_pretrained()``
-    before training. Deviations: EfficientNet-Lite0 instead of VGG16 (the ImageNet weights that can be had here),
-    320 px scenes instead of the paper's 450–1078 px images.
+    paper's 128/256/512 px on ~512 px images unless ``anchor_sizes`` (sides in input pixels) are given. Load the
+    ImageNet weights with ``model.encoder.load_pretrained()`` before training. Deviations: EfficientNet-Lite0 instead
+    of VGG16 (the ImageNet weights that can be had here), 320 px scenes instead of the paper's 450–1078 px images.
     """
     return CoSaliencyNet(
         EfficientNetLite("lite0", output_stride=output_stride),
         sensitive_channels=128,
-        anchor_sizes=scaled_anchor_sizes(input_size),
+        anchor_sizes=scaled_anchor_sizes(input_size) if anchor_sizes is None else anchor_sizes,
         embedding_dim=128,
         rfm_hidden=256,
         input_size=input_size,

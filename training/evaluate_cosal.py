@@ -9,7 +9,9 @@ what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
 - ``shipped``: the bundle's grouping settings (from its manifest): ``group_found`` (share of scenes where a predicted
   group holds ≥ 2 true group members and no distractor, box IoU ≥ 0.5), ``ari`` (mean adjusted Rand index over each
   scene's true instances), ``max_f`` / ``mae`` of the co-saliency map (the map inside the groups' boxes; only group
-  members are foreground), and ``instances`` (mean predicted instances per scene);
+  members are foreground), ``instances`` (mean predicted instances per scene), ``instance_recall`` (share of true
+  instances some predicted instance matches at box IoU ≥ 0.5) and ``instance_precision`` (share of predicted
+  instances that match a true one);
 - ``decoder_map``: max F / MAE of the network's co-saliency map before grouping;
 - ``proposals``: each instance source (RPN boxes after NMS, connected components of the map, both), each with its
   settings chosen on ``--val-scenes``;
@@ -50,7 +52,7 @@ from service.grouping import (
 )
 from service.imaging import preprocess, resize_map
 from service.manifest import GroupingSpec, Manifest
-from training.cosal_metrics import score_scene
+from training.cosal_metrics import match_instances, score_scene
 from training.metrics import SaliencyMetrics, to_uint8
 
 log = logging.getLogger("training.evaluate_cosal")
@@ -58,6 +60,7 @@ log = logging.getLogger("training.evaluate_cosal")
 DISTANCE_THRESHOLDS = tuple(round(float(t), 3) for t in np.arange(0.05, 1.001, 0.05))
 MIN_SCORES = (0.3, 0.5, 0.7, 0.9)
 NMS_IOUS = (0.3, 0.5)
+NESTED_OVERLAPS = (0.8, 1.0)
 MASK_THRESHOLD = 0.5
 MIN_AREA_FRACTION = 0.002
 MAX_INSTANCES = 12
@@ -157,7 +160,9 @@ def _labels(grouping: Grouping) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
-def _base_spec(proposals: str, min_score: float, nms_iou: float, distance: float, selected_on: str) -> GroupingSpec:
+def _base_spec(
+    proposals: str, min_score: float, nms_iou: float, nested: float, distance: float, selected_on: str
+) -> GroupingSpec:
     return GroupingSpec(
         proposals=proposals,  # type: ignore[arg-type]
         min_score=min_score,
@@ -166,6 +171,7 @@ def _base_spec(proposals: str, min_score: float, nms_iou: float, distance: float
         distance_threshold=distance,
         mask_threshold=MASK_THRESHOLD,
         min_area_fraction=MIN_AREA_FRACTION,
+        nested_overlap=nested,
         selected_on=selected_on,
     )
 
@@ -174,9 +180,10 @@ def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
     specs = []
     for mode in proposals:
         if mode == "components":
-            specs.append(_base_spec("components", 0.0, 0.5, 1.0, ""))
+            specs.append(_base_spec("components", 0.0, 0.5, 1.0, 1.0, ""))
         else:
-            specs += [_base_spec(mode, s, n, 1.0, "") for s in MIN_SCORES for n in NMS_IOUS]
+            grid = [(s, n, o) for s in MIN_SCORES for n in NMS_IOUS for o in NESTED_OVERLAPS]
+            specs += [_base_spec(mode, s, n, o, 1.0, "") for s, n, o in grid]
     return specs
 
 
@@ -233,14 +240,16 @@ def evaluate(
     the groups' boxes, or ``maps`` (one probability map per scene, any size) inside them."""
     metrics = SaliencyMetrics()
     found, ari, instances = [], [], []
+    true_count = true_matched = 0
     for index, (scene, out) in enumerate(zip(scenes, outputs, strict=True)):
         o = out.outputs
         boxes, scores = propose(o["probability"], o["boxes"], o["scores"], spec, input_size)
         grouping = group_instances(boxes, scores, vectors(out, boxes), spec.distance_threshold)
         pred_boxes, labels = _labels(grouping)
-        score = score_scene(
-            scene.boxes, scene.groups, scene.cosalient_group, _scene_pixels(pred_boxes, scene, input_size), labels
-        )
+        pixels = _scene_pixels(pred_boxes, scene, input_size)
+        score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
+        true_count += len(scene.boxes)
+        true_matched += int(np.count_nonzero(match_instances(scene.boxes, pixels) >= 0))
         found.append(score.group_found)
         ari.append(score.ari)
         instances.append(len(pred_boxes))
@@ -256,6 +265,8 @@ def evaluate(
         "max_f": round(map_metrics["max_f"], 4),
         "mae": round(map_metrics["mae"], 4),
         "instances": round(float(np.mean(instances)), 2),
+        "instance_recall": round(true_matched / max(true_count, 1), 4),
+        "instance_precision": round(true_matched / max(int(np.sum(instances)), 1), 4),
     }
 
 
