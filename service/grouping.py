@@ -48,27 +48,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     return np.asarray(keep, dtype=np.int64)
 
 
-def resolve_nested(boxes: np.ndarray, nested_overlap: float) -> np.ndarray:
-    """Indices of the boxes to keep (in their order) once nesting is resolved: a box with at least
-    ``nested_overlap`` of its area inside one other box is a part or a duplicate of it and goes; a box that holds
-    two or more such boxes is two touching objects seen as one and goes instead, keeping them. ``1.0`` keeps a box
-    unless it lies wholly inside another."""
-    if len(boxes) < 2:
-        return np.arange(len(boxes))
-    top_left = np.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    bottom_right = np.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=-1)
-    area = np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).prod(axis=-1)
-    inside = inter / np.maximum(area[:, None], 1e-12) >= nested_overlap  # [i, j]: i lies inside j
-    order = np.arange(len(boxes))
-    # of two boxes inside each other, the smaller (or, equal, the later) is the one inside
-    inside &= (area[:, None] < area[None, :]) | ((area[:, None] == area[None, :]) & (order[:, None] > order[None, :]))
-    holds = inside.sum(axis=0)
-    merges = holds >= 2
-    parts = (inside & (holds == 1)[None, :]).any(axis=1)
-    return np.flatnonzero(~(merges | parts))
-
-
 def _axis_weights(start: np.ndarray, size: np.ndarray, bins: int, sampling_ratio: int, length: int) -> np.ndarray:
     """Averaged bilinear weights ``[K, bins, length]`` of ``sampling_ratio`` samples per bin along one axis
     (torchvision's ``bilinear_interpolate`` rules, as ``models.roi_align``)."""
@@ -201,8 +180,7 @@ def _rpn_instances(
     boxes = np.clip(boxes, 0, input_size)
     valid = (scores >= spec.min_score) & np.all(boxes[:, 2:] - boxes[:, :2] >= 2, axis=1)
     boxes, scores = boxes[valid], scores[valid]
-    keep = nms(boxes, scores, spec.nms_iou)
-    keep = keep[resolve_nested(boxes[keep], spec.nested_overlap)][: spec.max_instances]
+    keep = nms(boxes, scores, spec.nms_iou)[: spec.max_instances]
     return boxes[keep], scores[keep]
 
 
@@ -217,10 +195,9 @@ def propose(
     probability: np.ndarray, boxes: np.ndarray, scores: np.ndarray, spec: GroupingSpec, input_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance boxes ``[N,4]`` (network-input pixels) and scores ``[N]``, per ``spec.proposals``: the RPN's boxes
-    (objectness ≥ ``min_score``, NMS, nesting resolved), the map's connected components (score: mean probability
-    inside), or ``both``: their union after NMS and nesting resolution, components first (they follow the map's
-    object outlines; the RPN adds what the map leaves dark or merges: :func:`resolve_nested` then drops the merged
-    component for the RPN's boxes of its objects)."""
+    (objectness ≥ ``min_score``, NMS), the map's connected components (score: mean probability inside), or ``both``:
+    their union after NMS, components first (they follow the map's object outlines; the RPN adds what the map
+    leaves dark or merges)."""
     if spec.proposals == "rpn":
         return _rpn_instances(boxes, scores, spec, input_size)
     components = _component_instances(probability, spec, input_size)
@@ -230,8 +207,7 @@ def propose(
     union = np.concatenate([components[0], rpn[0]]).reshape(-1, 4)
     union_scores = np.concatenate([components[1], rpn[1]])
     priority = np.concatenate([np.ones(len(components[0])), np.zeros(len(rpn[0]))]) * 2 + union_scores
-    keep = nms(union, priority, spec.nms_iou)
-    keep = keep[resolve_nested(union[keep], spec.nested_overlap)][: spec.max_instances]
+    keep = nms(union, priority, spec.nms_iou)[: spec.max_instances]
     return union[keep], union_scores[keep]
 
 

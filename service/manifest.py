@@ -106,8 +106,6 @@ class GroupingSpec(_Strict):
     distance_threshold: float = Field(gt=0, le=2)  # cosine distance below which clusters merge
     mask_threshold: float = Field(gt=0, lt=1)  # probability that counts as foreground (member masks, components)
     min_area_fraction: float = Field(ge=0, lt=1)  # smallest component, as a fraction of the map
-    # share of a box's area inside another that makes it a part of it (service.grouping.resolve_nested)
-    nested_overlap: float = Field(default=1.0, gt=0, le=1)
     selected_on: str = ""  # the validation scenes and what was measured there
 
 

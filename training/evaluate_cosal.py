@@ -60,7 +60,6 @@ log = logging.getLogger("training.evaluate_cosal")
 DISTANCE_THRESHOLDS = tuple(round(float(t), 3) for t in np.arange(0.05, 1.001, 0.05))
 MIN_SCORES = (0.3, 0.5, 0.7, 0.9)
 NMS_IOUS = (0.3, 0.5)
-NESTED_OVERLAPS = (0.8, 1.0)
 MASK_THRESHOLD = 0.5
 MIN_AREA_FRACTION = 0.002
 MAX_INSTANCES = 12
@@ -160,9 +159,7 @@ def _labels(grouping: Grouping) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64)
 
 
-def _base_spec(
-    proposals: str, min_score: float, nms_iou: float, nested: float, distance: float, selected_on: str
-) -> GroupingSpec:
+def _base_spec(proposals: str, min_score: float, nms_iou: float, distance: float, selected_on: str) -> GroupingSpec:
     return GroupingSpec(
         proposals=proposals,  # type: ignore[arg-type]
         min_score=min_score,
@@ -171,7 +168,6 @@ def _base_spec(
         distance_threshold=distance,
         mask_threshold=MASK_THRESHOLD,
         min_area_fraction=MIN_AREA_FRACTION,
-        nested_overlap=nested,
         selected_on=selected_on,
     )
 
@@ -180,10 +176,9 @@ def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
     specs = []
     for mode in proposals:
         if mode == "components":
-            specs.append(_base_spec("components", 0.0, 0.5, 1.0, 1.0, ""))
+            specs.append(_base_spec("components", 0.0, 0.5, 1.0, ""))
         else:
-            grid = [(s, n, o) for s in MIN_SCORES for n in NMS_IOUS for o in NESTED_OVERLAPS]
-            specs += [_base_spec(mode, s, n, o, 1.0, "") for s, n, o in grid]
+            specs += [_base_spec(mode, s, n, 1.0, "") for s in MIN_SCORES for n in NMS_IOUS]
     return specs
 
 

@@ -17,7 +17,6 @@ from service.grouping import (
     label_components,
     nms,
     propose,
-    resolve_nested,
     roi_align,
 )
 
@@ -132,32 +131,3 @@ def test_both_sources_merge_components_first_then_rpn_boxes_elsewhere() -> None:
     np.testing.assert_allclose(scores, [0.9, 0.9, 0.8])  # the component's score is the map's mean inside it
     only_rpn, _ = propose(probability, rpn_boxes, rpn_scores, spec.model_copy(update={"proposals": "rpn"}), 128)
     assert len(only_rpn) == 3 and only_rpn[0].tolist() == [15, 15, 49, 47]
-
-
-def test_nested_boxes_keep_the_whole_object_but_split_a_merge_into_its_objects() -> None:
-    whole = [0, 0, 100, 100]
-    head = [10, 10, 40, 40]  # a part of the whole object
-    boxes = np.asarray([whole, head, [200, 0, 260, 60]], np.float64)
-    assert resolve_nested(boxes, 0.8).tolist() == [0, 2]  # the part goes
-    merged = [0, 0, 200, 100]  # two touching objects seen as one box
-    left, right = [0, 5, 95, 100], [105, 0, 200, 95]
-    assert resolve_nested(np.asarray([merged, left, right], np.float64), 0.8).tolist() == [1, 2]
-    overlapping = np.asarray([[0, 0, 100, 100], [60, 0, 160, 100]], np.float64)  # 40 % of each inside the other
-    assert resolve_nested(overlapping, 0.8).tolist() == [0, 1]
-    assert resolve_nested(overlapping, 0.4).tolist() == [0]  # equal sizes: the later one counts as inside
-    assert resolve_nested(np.asarray([whole, [0, 0, 100, 90]], np.float64), 1.0).tolist() == [0]
-    assert resolve_nested(np.zeros((0, 4)), 0.8).tolist() == []
-
-
-def test_both_sources_replace_a_merged_component_by_the_rpn_boxes_of_its_objects() -> None:
-    from service.manifest import GroupingSpec
-
-    probability = np.zeros((32, 32), np.float32)
-    probability[4:12, 4:20] = 0.9  # two touching objects the map joins: input box (16, 16, 80, 48) at 128 px
-    rpn_boxes = np.asarray([[16, 16, 47, 48], [49, 16, 80, 48]], np.float32)
-    spec = GroupingSpec(
-        proposals="both", min_score=0.5, nms_iou=0.5, max_instances=12, distance_threshold=0.3,
-        mask_threshold=0.5, min_area_fraction=0.01, nested_overlap=0.8,
-    )  # fmt: skip
-    boxes, _ = propose(probability, rpn_boxes, np.asarray([0.9, 0.8], np.float32), spec, 128)
-    np.testing.assert_allclose(boxes, rpn_boxes)
