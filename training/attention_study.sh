@@ -1,5 +1,5 @@
 #!/bin/bash
-# The human-vs-machine attention study on EfficientNet-Lite0 (docs/results/README.md, "Attention study"): trains each
+# The human-vs-machine attention study on EfficientNet-Lite0 (docs/results/README.md, "The attention study"): trains each
 # setting on PASCAL-S_train with its fixations (resumable), then scores it on PASCAL-S_test (saliency + gaze metrics of
 # every attention map, IG against a centre bias fitted on PASCAL-S_train's fixations) and under FGSM.
 #   training/attention_study.sh [SETTING ...]   (default: all six; run from the repository root, ../shared beside it)
