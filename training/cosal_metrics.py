@@ -67,6 +67,7 @@ def match_instances(true_boxes: np.ndarray, pred_boxes: np.ndarray, min_iou: flo
 class SceneScore:
     group_found: bool
     ari: float
+    matched_instances: int  # true instances a predicted one matches (box IoU >= MATCH_IOU, one-to-one)
 
 
 def score_scene(
@@ -102,4 +103,8 @@ def score_scene(
     for p in matched:
         predicted.append(int(pred_labels[p]) if p >= 0 else fresh)
         fresh += p < 0
-    return SceneScore(group_found=found, ari=adjusted_rand_index(np.asarray(true_groups), np.asarray(predicted)))
+    return SceneScore(
+        group_found=found,
+        ari=adjusted_rand_index(np.asarray(true_groups), np.asarray(predicted)),
+        matched_instances=int(np.count_nonzero(matched >= 0)),
+    )

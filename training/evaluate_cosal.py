@@ -52,7 +52,7 @@ from service.grouping import (
 )
 from service.imaging import preprocess, resize_map
 from service.manifest import GroupingSpec, Manifest
-from training.cosal_metrics import match_instances, score_scene
+from training.cosal_metrics import score_scene
 from training.metrics import SaliencyMetrics, to_uint8
 
 log = logging.getLogger("training.evaluate_cosal")
@@ -244,7 +244,7 @@ def evaluate(
         pixels = _scene_pixels(pred_boxes, scene, input_size)
         score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
         true_count += len(scene.boxes)
-        true_matched += int(np.count_nonzero(match_instances(scene.boxes, pixels) >= 0))
+        true_matched += score.matched_instances
         found.append(score.group_found)
         ari.append(score.ari)
         instances.append(len(pred_boxes))
@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         saliency_maps = list(_saliency_maps(saliency, test))
         bundle = str(saliency.info.bundle_dir)
         result["baselines"]["saliency_map"] = {"bundle": bundle, **map_scores(test, saliency_maps)}
-        # What outputs=groups answers when the request names a saliency model: its map inside the groups' boxes.
+        # The co-saliency model's groups with the saliency model's map inside their boxes (outputs=groups answers the
+        # co-saliency model's own map, whichever model the request names: this row says what the other map would give).
         result["saliency_map_in_groups"] = {
             "bundle": bundle,
             **evaluate(test, test_out, learned, shipped, size, maps=saliency_maps),

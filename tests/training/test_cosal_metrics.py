@@ -42,6 +42,7 @@ def test_the_true_group_is_found_with_two_members_and_no_distractor() -> None:
     assert score.group_found and score.ari == 1.0
     partial = score_scene(TRUE_BOXES, TRUE_GROUPS, 0, TRUE_BOXES[:2].copy(), np.asarray([0, 0]))
     assert partial.group_found and partial.ari < 1.0  # the third copy was missed
+    assert score.matched_instances == 4 and partial.matched_instances == 2
 
 
 def test_a_group_holding_the_distractor_or_a_single_copy_is_not_found() -> None:
@@ -50,4 +51,4 @@ def test_a_group_holding_the_distractor_or_a_single_copy_is_not_found() -> None:
     one_copy = score_scene(TRUE_BOXES, TRUE_GROUPS, 0, TRUE_BOXES[[0, 3]].copy(), np.asarray([0, 0]))
     assert not one_copy.group_found
     nothing = score_scene(TRUE_BOXES, TRUE_GROUPS, 0, np.zeros((0, 4)), np.zeros(0, np.int64))
-    assert not nothing.group_found and nothing.ari == 0.0
+    assert not nothing.group_found and nothing.ari == 0.0 and nothing.matched_instances == 0
