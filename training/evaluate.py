@@ -152,16 +152,19 @@ class CheckpointPredictor:
         points = np.array([[f.x, f.y] for f in fixations[sample.stem]])
         return torch.from_numpy(fixation_density(points, shape).astype(np.float32))[None, None]
 
-    def forward(self, sample: Sample, x: torch.Tensor, image_size: tuple[int, int]) -> ModelOutput:
-        """The model on the preprocessed batch ``x`` of ``sample`` (``image_size`` = its ``(H, W)``), given the
-        image's own fixation map when the model replaces its attention with it."""
-        if self.human_fixations is None:
-            return self.model(x)
-        return self.model(x, external_attention=self._human_map(self.human_fixations, sample, image_size))
+    def human_map(self, sample: Sample, image_size: tuple[int, int]) -> torch.Tensor | None:
+        """The fixation map ``sample`` (``image_size`` = its ``(H, W)``) feeds a model that replaces its attention
+        with it, else ``None``."""
+        return None if self.human_fixations is None else self._human_map(self.human_fixations, sample, image_size)
+
+    def forward(self, x: torch.Tensor, human: torch.Tensor | None) -> ModelOutput:
+        """The model on the preprocessed batch ``x``, given ``human`` (:meth:`human_map`) when it has one."""
+        return self.model(x) if human is None else self.model(x, external_attention=human)
 
     @torch.no_grad()
     def __call__(self, sample: Sample, image: Image.Image, shape: tuple[int, int]) -> np.ndarray:
-        output = self.forward(sample, preprocess_image(image, self.pre)[None], (image.size[1], image.size[0]))
+        human = self.human_map(sample, (image.size[1], image.size[0]))
+        output = self.forward(preprocess_image(image, self.pre)[None], human)
         self.last_attention = {
             key: gaze_map(output.attention[key][0].float().numpy(), spec, shape) for key, spec in self.specs.items()
         }

@@ -56,7 +56,8 @@ def fgsm(
 def _final_logits(
     predictor: CheckpointPredictor, sample: Sample, image_size: tuple[int, int]
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda batch: predictor.forward(sample, batch, image_size).final
+    human = predictor.human_map(sample, image_size)  # once per image, not once per attacked forward pass
+    return lambda batch: predictor.forward(batch, human).final
 
 
 def robustness(
