@@ -20,12 +20,18 @@ class DatasetSpec:
     """One image/mask folder pair, relative to ``DataConfig.root`` unless absolute; ``split`` optional.
 
     ``fixations``: optional eye-fixation csv (``stem,x,y``) for fixation-supervised losses.
+    ``repeat``: how many times the set's pairs are listed in an epoch's pool (oversampling a small set).
     """
 
     images: str
     masks: str
     split: str | None = None
     fixations: str | None = None
+    repeat: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.repeat, int) or self.repeat < 1:
+            raise ConfigError(f"{self.images}: repeat must be a whole number >= 1, got {self.repeat!r}")
 
 
 @dataclass

@@ -111,15 +111,16 @@ class SaliencyDataset:
         self.samples = list(samples)
         self.transform = transform
         self.fixations = fixations
-        self._cache: dict[int, tuple[Image.Image, np.ndarray]] = {} if cache else None  # type: ignore[assignment]
+        # keyed by image path: a set listed several times (oversampled) is decoded and held once
+        self._cache: dict[Path, tuple[Image.Image, np.ndarray]] = {} if cache else None  # type: ignore[assignment]
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def load(self, index: int) -> tuple[Image.Image, np.ndarray]:
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
         sample = self.samples[index]
+        if self._cache is not None and sample.image in self._cache:
+            return self._cache[sample.image]
         pair = load_rgb(sample.image), load_mask(sample.mask)
         if pair[0].size != (pair[1].shape[1], pair[1].shape[0]):
             raise DatasetError(
@@ -127,7 +128,7 @@ class SaliencyDataset:
                 f"{pair[1].shape[1]}x{pair[1].shape[0]}"
             )
         if self._cache is not None:
-            self._cache[index] = pair
+            self._cache[sample.image] = pair
         return pair
 
     def fixation_map(self, index: int, shape: tuple[int, int]) -> np.ndarray:

@@ -64,6 +64,21 @@ def global_attention_loss(alpha: Tensor, target: Tensor, geometry: AttentionGeom
     return (kl * valid).sum() / (valid.numel())
 
 
+def received_global_attention(alpha: Tensor, geometry: AttentionGeometry) -> Tensor:
+    """``[B,1,K,K]``: the mean over every pixel of the GAP map of the weight it gives each grid cell (sums to 1)."""
+    k = geometry.grid
+    return alpha.mean(dim=(2, 3)).reshape(alpha.shape[0], 1, k, k)
+
+
+def fixations_at_global_grid(fixation_map: Tensor, geometry: AttentionGeometry, size: Sequence[int]) -> Tensor:
+    """``[B,1,K,K]``: the fixation map area-pooled to the GAP map's ``size`` and read at the grid cells, the same
+    sampling eq. (7) applies to the ground truth."""
+    pooled = F.adaptive_avg_pool2d(_at_least_float32(fixation_map), tuple(size))
+    k, d, o = geometry.grid, geometry.dilation, geometry.offset
+    span = (k - 1) * d + 1
+    return pooled[:, :, o : o + span : d, o : o + span : d]
+
+
 def picanet_loss(
     output: ModelOutput,
     target: Tensor,
@@ -71,11 +86,18 @@ def picanet_loss(
     side_weights: Sequence[float] = PICANET_SIDE_WEIGHTS,
     ga_weight: float = PICANET_GA_WEIGHT,
     iou_weight: float = 0.0,
+    fixation_map: Tensor | None = None,
+    fixation_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Eq. (9): ``Σ γ^i L_S^i + γ_GA L_GA`` with pixel BCE (eq. 6) on every side output.
 
     ``iou_weight > 0`` adds a soft-IoU term to every side output, weighted by the same γ^i (a deviation for
     training from scratch: it counters the foreground/background imbalance that BCE alone leaves).
+
+    ``fixation_weight > 0`` with a ``fixation_map`` adds ``fixation_weight × KL(P_fix ‖ received)``: the human
+    fixation density over the GAP grid cells against the attention each cell receives (the map ``outputs=attention``
+    shows), as the human-vs-machine study supervises its attention maps (not in PiCANet; images without fixations
+    are left out).
 
     Returns: the loss and its parts as floats for logging.
     """
@@ -101,6 +123,13 @@ def picanet_loss(
         ga = global_attention_loss(output.attention["global"].float(), target, global_geometry[0])
         total = total + ga_weight * ga
         parts["ga"] = float(ga.detach())
+    if fixation_weight and fixation_map is not None and global_geometry and "global" in output.attention:
+        alpha = output.attention["global"].float()
+        received = received_global_attention(alpha, global_geometry[0])
+        fixations = fixations_at_global_grid(fixation_map, global_geometry[0], alpha.shape[-2:])
+        gaze = fixation_kl_loss(received, fixations)
+        total = total + fixation_weight * gaze
+        parts["gaze_kl"] = float(gaze.detach())
     parts["loss"] = float(total.detach())
     return total, parts
 
@@ -257,8 +286,10 @@ def build_loss(cfg, model):
     if cfg.kind == "picanet":
         geometry = model.attention_geometry()
 
-        def loss(output: ModelOutput, target: Tensor) -> tuple[Tensor, dict[str, float]]:
-            return picanet_loss(output, target, geometry, **params)
+        def loss(
+            output: ModelOutput, target: Tensor, fixation_map: Tensor | None = None
+        ) -> tuple[Tensor, dict[str, float]]:
+            return picanet_loss(output, target, geometry, fixation_map=fixation_map, **params)
 
         return loss
     if cfg.kind == "class":

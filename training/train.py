@@ -56,13 +56,14 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def build_dataset(specs: list[DatasetSpec], root: Path, transform) -> SaliencyDataset:
-    """The concatenated datasets; when any names a fixation csv, every item also yields a fixation density."""
+    """The concatenated datasets, each listed ``repeat`` times (every pair of the pool is equally likely); when any
+    names a fixation csv, every item also yields a fixation density."""
     samples = []
     fixations: dict[Path, np.ndarray] | None = None
     for spec in specs:
         split = root / spec.split if spec.split else None
         pairs = list_pairs(root / spec.images, root / spec.masks, split)
-        samples += pairs
+        samples += pairs * spec.repeat
         if spec.fixations:
             fixations = (fixations or {}) | fixations_by_image(root / spec.fixations, pairs)
     return SaliencyDataset(samples, transform, fixations=fixations)

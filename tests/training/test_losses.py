@@ -79,6 +79,36 @@ def test_picanet_loss_hand_case() -> None:
         picanet_loss(output, _t(TARGET), geometry, side_weights=(1.0,))
 
 
+def test_picanet_fixation_term_hand_case() -> None:
+    # GAP map 4×4, K = 2, dilation 2, offset 0: the cells are pixels (0,0), (0,2), (2,0), (2,2). Fixation counts
+    # on an 8×8 image pool (2×2 areas) to the 4×4 map; read at the cells they are (2/4, 0, 1/4, 1/4) → q = (1/2, 0,
+    # 1/4, 1/4). The attention each cell receives is the mean of alpha over the 16 pixels.
+    rng = np.random.default_rng(6)
+    raw = rng.normal(size=(4, 4, 4))
+    alpha = np.exp(raw) / np.exp(raw).sum(axis=0, keepdims=True)
+    received = alpha.reshape(4, -1).mean(axis=1)
+    fixations = np.zeros((8, 8))
+    fixations[0, 1], fixations[1, 0], fixations[4, 0], fixations[5, 5] = 1.0, 1.0, 1.0, 1.0
+    fixations[7, 7] = 5.0  # pools to map pixel (3,3), which no cell reads
+    q = np.array([0.5, 0.0, 0.25, 0.25])
+    gaze = sum(q[j] * (math.log(q[j]) - math.log(received[j])) for j in range(4) if q[j] > 0)
+    sides = [_t(np.zeros((8, 8)))]
+    output = ModelOutput(saliency=sides, attention={"global": torch.tensor(alpha[None])})
+    geometry = [AttentionGeometry("global", "global", grid=2, dilation=2, stride=8)]
+    target = _t(np.zeros((8, 8)))
+    base, parts = picanet_loss(output, target, geometry, side_weights=(1.0,), ga_weight=0.0)
+    assert "gaze_kl" not in parts  # off unless weighted and given fixations
+    loss, parts = picanet_loss(
+        output, target, geometry, side_weights=(1.0,), ga_weight=0.0, fixation_map=_t(fixations), fixation_weight=0.5
+    )
+    assert parts["gaze_kl"] == pytest.approx(gaze, rel=1e-6)
+    assert float(loss) == pytest.approx(float(base) + 0.5 * gaze, rel=1e-6)
+    _, parts = picanet_loss(
+        output, target, geometry, side_weights=(1.0,), fixation_map=_t(np.zeros((8, 8))), fixation_weight=0.5
+    )
+    assert parts["gaze_kl"] == 0.0  # an image without fixations adds nothing
+
+
 def _region_by_hand(prob: np.ndarray, target: np.ndarray, window: int) -> float:
     values = []
     for y in range(prob.shape[0] - window + 1):

@@ -10,9 +10,10 @@ import pytest
 import torch
 import yaml
 
-from training.config import ConfigError, TrainConfig
-from training.train import append_log_row, learning_rate_factor, train
+from training.config import ConfigError, DatasetSpec, TrainConfig
+from training.train import append_log_row, build_dataset, learning_rate_factor, train
 from training.train import main as train_main
+from training.transforms import EvalTransform, Preprocess
 
 
 def _config(sod_dir: Path, out: Path, **overrides) -> TrainConfig:
@@ -161,3 +162,28 @@ def test_human_attention_trains_and_evaluates_on_each_images_fixation_map(sod_di
     image = load_rgb(sample.image)
     prediction = predictor(sample, image, (image.size[1], image.size[0]))
     assert prediction.shape == (image.size[1], image.size[0]) and prediction.dtype == np.uint8
+
+
+def test_picanet_trains_with_its_gaze_term_on_an_oversampled_fixation_set(sod_dir: Path, tmp_path: Path) -> None:
+    cfg = _config(
+        sod_dir,
+        tmp_path,
+        model="picanet_effl0",
+        loss={"kind": "picanet", "params": {"side_weights": [1.0] * 5, "fixation_weight": 1.0}},
+        schedule={"epochs": 1},
+        run={"max_steps_per_epoch": 2},
+    )
+    cfg.data.train[0].repeat = 3
+    summary = train(cfg)
+    assert summary["best"]["epoch"] == 1
+    assert float(_log(tmp_path)[0]["train_gaze_kl"]) > 0
+
+
+def test_repeat_lists_a_set_that_many_times_and_must_be_a_positive_whole_number(sod_dir: Path) -> None:
+    spec = DatasetSpec(images="images", masks="masks", repeat=3)
+    once = build_dataset([DatasetSpec(images="images", masks="masks")], sod_dir, EvalTransform(Preprocess(64)))
+    thrice = build_dataset([spec], sod_dir, EvalTransform(Preprocess(64)))
+    assert len(thrice) == 3 * len(once) and thrice.samples == once.samples * 3
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match="repeat must be"):
+            DatasetSpec(images="images", masks="masks", repeat=bad)
