@@ -1,5 +1,5 @@
 """Every registered model goes through the export pipeline (ONNX, dynamic batch, onnx.checker) and ONNX Runtime
-matches PyTorch on real images.
+matches PyTorch on real images, with the static output sizes a Triton config needs.
 
 The list comes from ``list_models()``, so models added later are covered without editing this file. Untrained
 weights; models that accept smaller inputs are built at one to keep CPU time low (picanet_vgg16 also needs a GAP grid
@@ -12,12 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from export.images import list_images, load_batch
 from export.onnx_export import export_onnx
 from export.parity import cpu_session, max_abs_diff
+from export.triton import TritonSettings, render_config
 from models import build_model, list_models
 from training.transforms import Preprocess
 
@@ -60,6 +62,8 @@ def test_model_exports_and_onnxruntime_matches_torch(name: str, tmp_path: Path, 
     session = cpu_session(graph.path, threads=1)
     assert session.get_inputs()[0].shape[0] == "batch"
     assert [o.name for o in session.get_outputs()] == [o.name for o in graph.outputs]
+    # Triton needs every non-batch size static (EfficientNet-Lite's shape-computed SAME padding once hid them)
+    render_config(name, onnx.load(str(graph.path)), TritonSettings())
     if name in EXPORT_ONLY:
         return
     diffs = max_abs_diff(graph.wrapper, session, images, batch_size=2)
