@@ -3,7 +3,8 @@
 The bundle's graph gives, per image, a co-saliency probability map, the RPN's decoded boxes with their objectness
 and the feature-sensitive features ``R``. Grouping then:
 
-1. cuts instances: the RPN's boxes above ``min_score`` after NMS (``proposals: rpn``), the connected components
+1. cuts instances: the RPN's boxes above ``min_score`` whose mean map probability reaches ``min_map``, after NMS
+   (``proposals: rpn``), the connected components
    of the map above ``mask_threshold`` (``proposals: components``), or both (their union after NMS);
 2. pools each instance's box on ``R`` with RoIAlign (same semantics as ``models/roi_align.py``) and maps it to a unit
    vector with the bundle's regional feature mapping head (a second small ONNX graph, passed in as ``embed``);
@@ -174,18 +175,27 @@ class Grouping:
     singletons: list[Instance]
 
 
+def _map_scale(probability: np.ndarray, input_size: int) -> np.ndarray:
+    """Network-input pixels per map pixel, as ``(x, y, x, y)`` for dividing boxes."""
+    return input_size / np.asarray(probability.shape[::-1] * 2, dtype=np.float32)
+
+
 def _rpn_instances(
-    boxes: np.ndarray, scores: np.ndarray, spec: GroupingSpec, input_size: int
+    probability: np.ndarray, boxes: np.ndarray, scores: np.ndarray, spec: GroupingSpec, input_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     boxes = np.clip(boxes, 0, input_size)
     valid = (scores >= spec.min_score) & np.all(boxes[:, 2:] - boxes[:, :2] >= 2, axis=1)
     boxes, scores = boxes[valid], scores[valid]
+    if spec.min_map > 0:
+        scale = _map_scale(probability, input_size)
+        salient = np.asarray([_mean_inside(probability, box / scale) >= spec.min_map for box in boxes], dtype=bool)
+        boxes, scores = boxes[salient.reshape(-1)], scores[salient.reshape(-1)]
     keep = nms(boxes, scores, spec.nms_iou)[: spec.max_instances]
     return boxes[keep], scores[keep]
 
 
 def _component_instances(probability: np.ndarray, spec: GroupingSpec, input_size: int) -> tuple[np.ndarray, np.ndarray]:
-    scale = input_size / np.asarray(probability.shape[::-1] * 2, dtype=np.float32)
+    scale = _map_scale(probability, input_size)
     found = component_boxes(probability, spec.mask_threshold, spec.min_area_fraction)[: spec.max_instances] * scale
     scores = np.asarray([_mean_inside(probability, box / scale) for box in found], dtype=np.float32)
     return found.astype(np.float32), scores.reshape(-1)
@@ -195,15 +205,15 @@ def propose(
     probability: np.ndarray, boxes: np.ndarray, scores: np.ndarray, spec: GroupingSpec, input_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance boxes ``[N,4]`` (network-input pixels) and scores ``[N]``, per ``spec.proposals``: the RPN's boxes
-    (objectness ≥ ``min_score``, NMS), the map's connected components (score: mean probability inside), or ``both``:
-    their union after NMS, components first (they follow the map's object outlines; the RPN adds what the map
-    leaves dark or merges)."""
+    (objectness ≥ ``min_score``, mean map probability inside ≥ ``min_map``, NMS), the map's connected components
+    (score: mean probability inside), or ``both``: their union after NMS, components first (they follow the map's
+    object outlines; the RPN adds what the map leaves dark or merges)."""
     if spec.proposals == "rpn":
-        return _rpn_instances(boxes, scores, spec, input_size)
+        return _rpn_instances(probability, boxes, scores, spec, input_size)
     components = _component_instances(probability, spec, input_size)
     if spec.proposals == "components":
         return components
-    rpn = _rpn_instances(boxes, scores, spec, input_size)
+    rpn = _rpn_instances(probability, boxes, scores, spec, input_size)
     union = np.concatenate([components[0], rpn[0]]).reshape(-1, 4)
     union_scores = np.concatenate([components[1], rpn[1]])
     priority = np.concatenate([np.ones(len(components[0])), np.zeros(len(rpn[0]))]) * 2 + union_scores

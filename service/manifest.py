@@ -101,6 +101,9 @@ class GroupingSpec(_Strict):
 
     proposals: Literal["rpn", "components", "both"]
     min_score: float = Field(ge=0, le=1)  # RPN objectness probability an instance needs
+    # mean co-saliency probability an RPN box needs inside it: a box on plain background is no instance, however
+    # alike two such boxes look (0 in bundles exported before this field)
+    min_map: float = Field(default=0.0, ge=0, le=1)
     nms_iou: float = Field(gt=0, le=1)
     max_instances: int = Field(ge=1)
     distance_threshold: float = Field(gt=0, le=2)  # cosine distance below which clusters merge

@@ -131,3 +131,23 @@ def test_both_sources_merge_components_first_then_rpn_boxes_elsewhere() -> None:
     np.testing.assert_allclose(scores, [0.9, 0.9, 0.8])  # the component's score is the map's mean inside it
     only_rpn, _ = propose(probability, rpn_boxes, rpn_scores, spec.model_copy(update={"proposals": "rpn"}), 128)
     assert len(only_rpn) == 3 and only_rpn[0].tolist() == [15, 15, 49, 47]
+
+
+def test_rpn_boxes_on_plain_background_are_no_instances_under_min_map() -> None:
+    from service.manifest import GroupingSpec
+
+    probability = np.zeros((32, 32), np.float32)
+    probability[4:12, 4:12] = 0.9  # map pixels 4-11 = input pixels 16-47 at 128 px
+    rpn_boxes = np.asarray([[16, 16, 48, 48], [16, 16, 80, 48], [80, 80, 120, 120]], np.float32)
+    rpn_scores = np.asarray([0.9, 0.8, 0.7], np.float32)
+    spec = GroupingSpec(
+        proposals="rpn", min_score=0.5, min_map=0.4, nms_iou=0.9, max_instances=12, distance_threshold=0.3,
+        mask_threshold=0.5, min_area_fraction=0.01,
+    )  # fmt: skip
+    boxes, _ = propose(probability, rpn_boxes, rpn_scores, spec, 128)
+    # the object's box (mean 0.9), the box half on it (0.45) stays; the box on plain background (0) goes
+    np.testing.assert_allclose(boxes, rpn_boxes[:2])
+    everything, _ = propose(probability, rpn_boxes, rpn_scores, spec.model_copy(update={"min_map": 0.0}), 128)
+    assert len(everything) == 3  # 0 keeps the filter off (bundles exported before min_map)
+    strict, _ = propose(probability, rpn_boxes, rpn_scores, spec.model_copy(update={"min_map": 0.5}), 128)
+    np.testing.assert_allclose(strict, rpn_boxes[:1])
