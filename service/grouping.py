@@ -189,7 +189,7 @@ def _rpn_instances(
     if spec.min_map > 0:
         scale = _map_scale(probability, input_size)
         salient = np.asarray([_mean_inside(probability, box / scale) >= spec.min_map for box in boxes], dtype=bool)
-        boxes, scores = boxes[salient.reshape(-1)], scores[salient.reshape(-1)]
+        boxes, scores = boxes[salient], scores[salient]
     keep = nms(boxes, scores, spec.nms_iou)[: spec.max_instances]
     return boxes[keep], scores[keep]
 
