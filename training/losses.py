@@ -33,6 +33,13 @@ def soft_iou_loss(logits: Tensor, target: Tensor) -> Tensor:
     return (1 - (inter + 1) / (union + 1)).mean()
 
 
+def values_at_global_grid(x: Tensor, geometry: AttentionGeometry) -> Tensor:
+    """``[B,C,K,K]``: a ``[B,C,H,W]`` map at the GAP map's size read at the K×K grid cells."""
+    k, d, o = geometry.grid, geometry.dilation, geometry.offset
+    span = (k - 1) * d + 1
+    return x[:, :, o : o + span : d, o : o + span : d]
+
+
 def global_attention_target(target: Tensor, geometry: AttentionGeometry, size: Sequence[int]) -> tuple[Tensor, Tensor]:
     """Eq. (7): for each pixel of the GAP map, the normalized ground-truth attention over the grid cells.
 
@@ -43,9 +50,8 @@ def global_attention_target(target: Tensor, geometry: AttentionGeometry, size: S
         left out (eq. 7 is undefined there).
     """
     g = (resize_target(target, size) >= 0.5).float()
-    k, d, o = geometry.grid, geometry.dilation, geometry.offset
-    span = (k - 1) * d + 1
-    cells = g[:, :, o : o + span : d, o : o + span : d].reshape(g.shape[0], k * k, 1, 1)
+    k = geometry.grid
+    cells = values_at_global_grid(g, geometry).reshape(g.shape[0], k * k, 1, 1)
     fg_norm = cells / cells.sum(dim=1, keepdim=True).clamp_min(1e-12)
     bg_cells = 1 - cells
     bg_norm = bg_cells / bg_cells.sum(dim=1, keepdim=True).clamp_min(1e-12)
@@ -73,10 +79,7 @@ def received_global_attention(alpha: Tensor, geometry: AttentionGeometry) -> Ten
 def fixations_at_global_grid(fixation_map: Tensor, geometry: AttentionGeometry, size: Sequence[int]) -> Tensor:
     """``[B,1,K,K]``: the fixation map area-pooled to the GAP map's ``size`` and read at the grid cells, the same
     sampling eq. (7) applies to the ground truth."""
-    pooled = F.adaptive_avg_pool2d(_at_least_float32(fixation_map), tuple(size))
-    k, d, o = geometry.grid, geometry.dilation, geometry.offset
-    span = (k - 1) * d + 1
-    return pooled[:, :, o : o + span : d, o : o + span : d]
+    return values_at_global_grid(F.adaptive_avg_pool2d(_at_least_float32(fixation_map), tuple(size)), geometry)
 
 
 def picanet_loss(
