@@ -34,11 +34,18 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from models import build_model
 from models.cosal import CoSaliencyNet, decode_boxes, flatten_rpn_outputs
-from training.cosal_losses import box_iou, nms, rpn_loss, semi_hard_triplets, weighted_triplet_loss
+from training.cosal_losses import (
+    OBJECTNESS_PRIOR,
+    box_iou,
+    nms,
+    rpn_loss,
+    semi_hard_triplets,
+    weighted_triplet_loss,
+)
 from training.metrics import SaliencyMetrics, to_uint8
 from training.train import restore_rng, rng_state, save_checkpoint, seed_everything
 from training.transforms import Preprocess, preprocess_image
@@ -67,6 +74,7 @@ class CosalConfig:
     pretrained: str | None = "wheel"
     preprocess: dict[str, Any] = field(default_factory=dict)
     triplets: str = "online"
+    rpn_confidence: str = "hard_negatives"
     proposals: int = 32
     jitter_boxes: int = 4
     batch_size: int = 8
@@ -86,6 +94,10 @@ class CosalConfig:
         config = cls(**raw)
         if config.triplets not in ("online", "offline"):
             raise CosalConfigError(f"{path}: triplets must be online or offline, not {config.triplets!r}")
+        if config.rpn_confidence not in ("hard_negatives", "focal"):
+            raise CosalConfigError(
+                f"{path}: rpn_confidence must be hard_negatives or focal, not {config.rpn_confidence!r}"
+            )
         return config
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,7 +220,7 @@ def training_loss(
     ).mean()
     objectness, deltas = flatten_rpn_outputs(out.extras["rpn_objectness"], out.extras["rpn_deltas"])
     anchors = model.anchors(tuple(out.extras["rpn_objectness"].shape[-2:]))
-    rpn, rpn_parts = rpn_loss(objectness, deltas, anchors, [s.boxes for s in scenes])
+    rpn, rpn_parts = rpn_loss(objectness, deltas, anchors, [s.boxes for s in scenes], confidence=config.rpn_confidence)
     rois, instance, kind, iou = _candidates(scenes, objectness, deltas, anchors, size, config)
     vectors = model.region_embeddings(out.embedding, rois)
     anchor, positive, negative, weights = semi_hard_triplets(vectors, instance, kind, iou)
@@ -264,6 +276,8 @@ def train(config: CosalConfig, resume: bool = False) -> dict[str, Any]:
         raise CosalConfigError(f"{config.model} is not a co-saliency net with a frozen encoder")
     if config.pretrained:
         model.encoder.load_pretrained(None if config.pretrained == "wheel" else config.pretrained)
+    if config.rpn_confidence == "focal":  # RetinaNet's prior: with every anchor in the loss, start them unlikely
+        nn.init.constant_(model.rpn.objectness.bias, -math.log((1 - OBJECTNESS_PRIOR) / OBJECTNESS_PRIOR))
     pre = Preprocess(
         input_size=model.input_size,
         mean=tuple(config.preprocess.get("mean", EFFICIENTNET_LITE_MEAN)),

@@ -36,16 +36,17 @@ ANCHORS = torch.tensor(
 
 def test_match_anchors_threshold_and_best_anchor() -> None:
     gt = torch.tensor([[0.0, 0.0, 10.0, 10.0], [45.0, 45.0, 55.0, 55.0]])
-    labels, matched = match_anchors(ANCHORS, gt)
+    labels, matched, best_iou = match_anchors(ANCHORS, gt)
     # The second box overlaps anchor 2 (IoU 25/175) and anchor 4 (100/900): below 0.5, but anchor 2 is its best.
     torch.testing.assert_close(labels, torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0]))
     assert matched[0] == 0 and matched[3] == 0 and matched[2] == 1
+    torch.testing.assert_close(best_iou, box_iou(ANCHORS, gt).max(dim=1).values)
 
 
 def test_box_overlapping_nothing_steals_no_anchor() -> None:
-    labels, _ = match_anchors(ANCHORS, torch.tensor([[200.0, 200.0, 210.0, 210.0]]))
+    labels, _, _ = match_anchors(ANCHORS, torch.tensor([[200.0, 200.0, 210.0, 210.0]]))
     assert labels.sum() == 0
-    labels, _ = match_anchors(ANCHORS, torch.zeros(0, 4))
+    labels, _, _ = match_anchors(ANCHORS, torch.zeros(0, 4))
     assert labels.sum() == 0
 
 
@@ -82,6 +83,25 @@ def test_rpn_loss_without_boxes_keeps_hard_negatives_only() -> None:
     loss, parts = rpn_loss(logits, torch.zeros(1, 5, 4), ANCHORS, [torch.zeros(0, 4)], negatives_per_positive=2)
     assert parts["positives"] == 0 and parts["loc"] == 0
     assert math.isclose(loss.item(), _bce(3.0, 0) + _bce(2.0, 0), rel_tol=1e-6)
+
+
+def _focal(logit: float, label: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    p_t, alpha_t = (p, 0.25) if label else (1 - p, 0.75)
+    return alpha_t * (1 - p_t) ** 2 * _bce(logit, label)
+
+
+def test_focal_rpn_loss_by_hand_ignores_the_middle_band() -> None:
+    gt = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
+    logits = torch.tensor([[2.0, 1.5, -1.0, 0.5, 3.0]], requires_grad=True)
+    loss, parts = rpn_loss(logits, torch.zeros(1, 5, 4), ANCHORS, gt, confidence="focal")
+    # Positives 0 and 3; anchor 1 (IoU exactly 0.5) lies in [0.4, 0.5): ignored; every other anchor is a negative.
+    conf = _focal(2.0, 1) + _focal(0.5, 1) + _focal(-1.0, 0) + _focal(3.0, 0)
+    assert math.isclose(parts["conf"], conf / 2, rel_tol=1e-6) and parts["positives"] == 2
+    loss.backward()
+    assert logits.grad[0, 1] == 0 and logits.grad[0, 2] != 0  # ignored vs easy negative, which still counts
+    with pytest.raises(ValueError, match="confidence"):
+        rpn_loss(logits, torch.zeros(1, 5, 4), ANCHORS, gt, confidence="softmax")
 
 
 def test_weighted_triplet_loss_by_hand() -> None:

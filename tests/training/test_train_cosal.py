@@ -4,6 +4,7 @@ from the fixture pairs (checkpoints in training.train's format, resumable, the o
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -106,13 +107,16 @@ def test_a_short_run_trains_checkpoints_and_resumes(
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [lines[-1]]
 
 
-def test_offline_ablation_and_bad_configs(
+def test_offline_ablation_focal_rpn_and_bad_configs(
     tmp_path: Path, scene_dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    main(["--config", str(_config(tmp_path, scene_dirs, triplets="offline", epochs=1))])
-    assert json.loads(capsys.readouterr().out.splitlines()[0])["train_triplets"] > 0
+    main(["--config", str(_config(tmp_path, scene_dirs, triplets="offline", rpn_confidence="focal", epochs=1))])
+    epoch = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert epoch["train_triplets"] > 0 and math.isfinite(epoch["train_rpn"])
     with pytest.raises(CosalConfigError, match="online or offline"):
         CosalConfig.from_yaml(_config(tmp_path, scene_dirs, triplets="sometimes"))
+    with pytest.raises(CosalConfigError, match="hard_negatives or focal"):
+        CosalConfig.from_yaml(_config(tmp_path, scene_dirs, rpn_confidence="softmax"))
     with pytest.raises(SystemExit):
         main(["--config", str(_config(tmp_path, scene_dirs, lr_typo=0.1))])
     assert "unknown keys ['lr_typo']" in capsys.readouterr().err
