@@ -251,17 +251,48 @@ def fixation_kl_loss(attention: Tensor, fixation_map: Tensor) -> Tensor:
     return kl.mean()
 
 
+SHUFFLED_RANK_SIZE = 28  # the ranking loss compares every pair of cells of maps pooled to at most this side
+
+
+def shuffled_rank_loss(attention: Tensor, fixation_map: Tensor) -> Tensor:
+    """A pairwise-logistic surrogate of shuffled AUC (not in the paper): per image, the attention at its own
+    fixations should exceed the attention at the fixations of the *other* images of the batch (the negatives
+    shuffled AUC draws, which hold the centre bias), ``Σ_x Σ_y q_i(x) n_i(y) softplus(log a_i(y) − log a_i(x))``
+    with ``q_i`` the image's fixation density and ``n_i`` the mean density of the batch's other images with
+    fixations, both over cells of the maps pooled to at most :data:`SHUFFLED_RANK_SIZE` per side.
+
+    Where KL to the fixation density rewards looking at the centre, as people do, this rewards only what sets the
+    image's fixations apart from everyone's. It needs two images with fixations in the batch; with fewer it is 0.
+    Starts at log 2 for a constant map.
+    """
+    size = tuple(min(side, SHUFFLED_RANK_SIZE) for side in attention.shape[-2:])
+    fixations = F.adaptive_avg_pool2d(_at_least_float32(fixation_map), size).flatten(1)
+    totals = fixations.sum(dim=1)
+    has_fixations = totals > 0
+    count = int(has_fixations.sum())
+    if count < 2:
+        return _at_least_float32(attention.new_zeros(()))
+    own = fixations[has_fixations] / totals[has_fixations, None]
+    others = (own.sum(dim=0, keepdim=True) - own) / (count - 1)
+    log_attention = torch.log(
+        F.adaptive_avg_pool2d(_at_least_float32(attention[has_fixations]), size).flatten(1).clamp_min(1e-12)
+    )
+    margin = log_attention[:, None, :] - log_attention[:, :, None]  # [n, x, y]: log a(y) − log a(x)
+    return (own[:, :, None] * others[:, None, :] * F.softplus(margin)).sum(dim=(1, 2)).mean()
+
+
 def attention_baseline_loss(
     output: ModelOutput,
     target: Tensor,
     fixation_map: Tensor | None = None,
     kl_weight: float = ATTENTION_KL_WEIGHT,
+    rank_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Attention baselines (section IV-A): BCE on the three side outputs with equal weights, plus, for
     *Explicit Attention (Supervised)*, ``kl_weight`` × the mean KL of every ``spatial/*`` attention map to the
-    human fixation density.
+    human fixation density and ``rank_weight`` × their mean :func:`shuffled_rank_loss` (our addition).
 
-    Side outputs are upsampled to the ground truth's size. Without a fixation map (or with ``kl_weight = 0``) this
+    Side outputs are upsampled to the ground truth's size. Without a fixation map (or with both weights 0) this
     is the implicit-attention loss.
     """
     total = target.new_zeros(())
@@ -273,6 +304,10 @@ def attention_baseline_loss(
         kl = torch.stack([fixation_kl_loss(m, fixation_map) for m in maps]).mean()
         total = total + kl_weight * kl
         parts["kl"] = float(kl.detach())
+    if fixation_map is not None and rank_weight and maps:
+        rank = torch.stack([shuffled_rank_loss(m, fixation_map) for m in maps]).mean()
+        total = total + rank_weight * rank
+        parts["rank"] = float(rank.detach())
     parts["loss"] = float(total.detach())
     return total, parts
 

@@ -19,6 +19,7 @@ from training.losses import (
     global_attention_loss,
     picanet_loss,
     region_similarity_loss,
+    shuffled_rank_loss,
 )
 
 
@@ -188,6 +189,33 @@ def test_attention_baseline_loss_hand_case() -> None:
     assert float(loss) == pytest.approx(bce + 0.01 * kl, rel=1e-9)
     loss, parts = attention_baseline_loss(output, batch(target))
     assert float(loss) == pytest.approx(bce, rel=1e-9) and "kl" not in parts
+
+
+def test_shuffled_rank_loss_hand_case() -> None:
+    attention = torch.tensor([[[0.8, 0.1], [0.1, 0.2]], [[0.5, 0.5], [0.5, 0.5]], [[0.9, 0.9], [0.1, 0.1]]])[:, None]
+    fixations = torch.zeros(3, 1, 2, 2)
+    fixations[0, 0, 0, 0] = 2.0  # image 1 looks top-left, image 2 bottom-right, image 3 has no fixations
+    fixations[1, 0, 1, 1] = 1.0
+    # image 1: own fixation at (0, 0), the other's at (1, 1): softplus(log 0.2 − log 0.8) = log 1.25;
+    # image 2: a constant map ranks nothing: log 2; image 3 is left out
+    expected = (math.log(1.25) + math.log(2.0)) / 2
+    assert float(shuffled_rank_loss(attention, fixations)) == pytest.approx(expected, rel=1e-6)
+    flipped = attention.clone()
+    flipped[0, 0] = torch.tensor([[0.2, 0.1], [0.1, 0.8]])  # image 1 now looks where the other image does
+    assert float(shuffled_rank_loss(flipped, fixations)) > expected
+    assert float(shuffled_rank_loss(attention, fixations[[0, 2, 2]])) == 0.0  # one image with fixations: no negatives
+
+
+def test_attention_baseline_rank_term_is_weighted_in() -> None:
+    attention = torch.rand(2, 1, 2, 2) + 0.1
+    fixations = torch.zeros(2, 1, 2, 2)
+    fixations[0, 0, 0, 0] = fixations[1, 0, 1, 0] = 1.0
+    output = ModelOutput(saliency=[torch.zeros(2, 1, 4, 4)], attention={"spatial/d1": attention})
+    target = torch.zeros(2, 1, 4, 4)
+    plain, _ = attention_baseline_loss(output, target, fixations, kl_weight=0.0)
+    loss, parts = attention_baseline_loss(output, target, fixations, kl_weight=0.0, rank_weight=2.0)
+    assert parts["rank"] == pytest.approx(float(shuffled_rank_loss(attention, fixations)))
+    assert float(loss) == pytest.approx(float(plain) + 2.0 * parts["rank"]) and "kl" not in parts
 
 
 def test_build_loss_kinds() -> None:
