@@ -105,6 +105,9 @@ class GroupingSpec(_Strict):
     # alike two such boxes look (0 in bundles exported before this field)
     min_map: float = Field(default=0.0, ge=0, le=1)
     nms_iou: float = Field(gt=0, le=1)
+    # what two duplicate instances overlap in: their boxes (NMS), or their masks (the map above mask_threshold inside
+    # each box), which also catches a loose box shifted off the object it duplicates ("box" in older bundles)
+    suppression: Literal["box", "mask"] = "box"
     max_instances: int = Field(ge=1)
     distance_threshold: float = Field(gt=0, le=2)  # cosine distance below which clusters merge
     mask_threshold: float = Field(gt=0, lt=1)  # probability that counts as foreground (member masks, components)

@@ -64,6 +64,7 @@ MIN_SCORES = (0.05, 0.1, 0.2, 0.3, 0.5)
 # An RPN box must hold co-salient pixels (no zero: two boxes on plain background embed alike and would form a group)
 MIN_MAPS = (0.1, 0.25)
 NMS_IOUS = (0.3, 0.5)
+SUPPRESSIONS = ("box", "mask")
 MASK_THRESHOLD = 0.5
 MIN_AREA_FRACTION = 0.002
 MAX_INSTANCES = 12
@@ -164,13 +165,20 @@ def _labels(grouping: Grouping) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _base_spec(
-    proposals: str, min_score: float, min_map: float, nms_iou: float, distance: float, selected_on: str
+    proposals: str,
+    min_score: float,
+    min_map: float,
+    nms_iou: float,
+    distance: float,
+    selected_on: str,
+    suppression: str = "box",
 ) -> GroupingSpec:
     return GroupingSpec(
         proposals=proposals,  # type: ignore[arg-type]
         min_score=min_score,
         min_map=min_map,
         nms_iou=nms_iou,
+        suppression=suppression,  # type: ignore[arg-type]
         max_instances=MAX_INSTANCES,
         distance_threshold=distance,
         mask_threshold=MASK_THRESHOLD,
@@ -185,7 +193,13 @@ def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
         if mode == "components":
             specs.append(_base_spec("components", 0.0, 0.0, 0.5, 1.0, ""))
         else:
-            specs += [_base_spec(mode, s, m, n, 1.0, "") for s in MIN_SCORES for m in MIN_MAPS for n in NMS_IOUS]
+            specs += [
+                _base_spec(mode, s, m, n, 1.0, "", suppression)
+                for s in MIN_SCORES
+                for m in MIN_MAPS
+                for n in NMS_IOUS
+                for suppression in SUPPRESSIONS
+            ]
     return specs
 
 
