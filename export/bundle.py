@@ -45,7 +45,7 @@ from service.manifest import (
     load_manifest,
     sha256_file,
 )
-from training.evaluate_cosal import calibrate, evaluate, learned_vectors, read_eval_scenes, run_bundle
+from training.evaluate_cosal import calibrate, evaluate, read_eval_scenes, run_bundle, service_vectors, vector_kinds
 
 log = logging.getLogger(__name__)
 
@@ -293,7 +293,8 @@ def _export_region_head(
         spec, wrapper = export_region_head(ckpt.model, work / REGION_HEAD_FILE)
     size = ckpt.preprocess.input_size
     with torch.no_grad():
-        features = graph.wrapper(torch.from_numpy(parity_batch))[-3]  # embedding, then boxes and scores
+        embedding = [o.kind for o in graph.outputs].index("embedding")
+        features = graph.wrapper(torch.from_numpy(parity_batch))[embedding]
         corners = torch.tensor([[0.1, 0.1, 0.5, 0.6], [0.3, 0.2, 0.9, 0.7], [0.0, 0.0, 1.0, 1.0]]) * size
         rois = torch.cat([torch.cat([torch.full((3, 1), float(b)), corners], dim=1) for b in range(len(features))])
         pooled = ckpt.model.rfm.pool(features, rois).flatten(1)
@@ -328,8 +329,9 @@ def _choose_grouping(
     try:
         scenes = read_eval_scenes(scenes_dir)
         outputs = run_bundle(engine, scenes, progress=False)
-        vectors = learned_vectors(engine)
-        per_source = calibrate(scenes, outputs, vectors, engine.input_size, label=str(scenes_dir))
+        vectors = service_vectors(engine)
+        kinds = vector_kinds(engine.manifest)
+        per_source = calibrate(scenes, outputs, vectors, engine.input_size, label=str(scenes_dir), vector_kinds=kinds)
         scores = {
             mode: evaluate(scenes, outputs, vectors, spec, engine.input_size) for mode, spec in per_source.items()
         }

@@ -22,6 +22,7 @@ SALIENCY_NAME = "saliency"
 EMBEDDING_NAME = "embedding"
 BOXES_NAME = "rpn_boxes"
 SCORES_NAME = "rpn_scores"
+APPEARANCE_NAME = "appearance"
 REGION_HEAD_FILE = "regions.onnx"
 
 
@@ -35,7 +36,8 @@ class ExportWrapper(nn.Module):
 
     The saliency output is ``sigmoid`` of the finest side output (the bundle outputs probabilities); attention
     maps follow in ``attention_keys`` order, then the embedding when ``with_embedding``, then, for a model with
-    ``proposals()`` (co-saliency), the RPN's boxes (fractions of the input side) and objectness probabilities.
+    ``proposals()`` (co-saliency), the RPN's boxes (fractions of the input side), objectness probabilities and the
+    encoder features that describe an instance's appearance (``extras["appearance"]``).
 
     Args:
         model: a registered model in eval mode.
@@ -59,7 +61,7 @@ class ExportWrapper(nn.Module):
             boxes, scores = self.model.proposals(out)
             # As fractions of the input side: the parity check's absolute tolerance then means the same for boxes
             # as for probabilities, and a client scales them straight to its image.
-            tensors.extend([boxes / x.shape[-1], scores])
+            tensors.extend([boxes / x.shape[-1], scores, out.extras["appearance"]])
         return tuple(tensors)
 
 
@@ -116,6 +118,7 @@ def describe_outputs(model: nn.Module, input_size: int) -> tuple[ExportWrapper, 
         boxes, scores = model.proposals(probe)
         specs.append(OutputSpec(name=BOXES_NAME, kind="boxes", shape=shape(boxes)))
         specs.append(OutputSpec(name=SCORES_NAME, kind="scores", shape=shape(scores)))
+        specs.append(OutputSpec(name=APPEARANCE_NAME, kind="appearance", shape=shape(probe.extras["appearance"])))
     return wrapper, specs
 
 

@@ -271,9 +271,10 @@ class CoSaliencyNet(nn.Module):
             hidden = stage(hidden)
             sides.append(side(hidden))
         objectness, deltas = self.rpn(sensitive)
-        return ModelOutput(
-            saliency=sides, embedding=sensitive, extras={"rpn_objectness": objectness, "rpn_deltas": deltas}
-        )
+        # The encoder's second-deepest feature (EfficientNet-Lite0: stage 4, 112 channels at stride 16): the service
+        # can describe an instance by it, pooled under the map (service/grouping.py appearance_vectors)
+        extras = {"rpn_objectness": objectness, "rpn_deltas": deltas, "appearance": feats[-2]}
+        return ModelOutput(saliency=sides, embedding=sensitive, extras=extras)
 
 
 def scaled_anchor_sizes(input_size: int) -> tuple[float, float, float]:

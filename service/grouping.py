@@ -7,8 +7,10 @@ and the feature-sensitive features ``R``. Grouping then:
    suppressing duplicates (``proposals: rpn``; by box IoU, or by the IoU of the instances' masks with
    ``suppression: mask``), the connected components of the map above ``mask_threshold`` (``proposals:
    components``), or both (their union after the same suppression);
-2. pools each instance's box on ``R`` with RoIAlign (same semantics as ``models/roi_align.py``) and maps it to a unit
-   vector with the bundle's regional feature mapping head (a second small ONNX graph, passed in as ``embed``);
+2. gives each instance a unit vector: its box pooled on ``R`` with RoIAlign (same semantics as
+   ``models/roi_align.py``) and mapped by the bundle's regional feature mapping head (a second small ONNX graph,
+   passed in as ``embed``; ``vectors: learned``, the paper's), or the bundle's frozen encoder features averaged
+   under the map inside the box (``vectors: appearance``, :func:`appearance_vectors`);
 3. clusters the vectors by average linkage on cosine distance, merging while the closest clusters are nearer than
    ``distance_threshold`` (chosen on validation scenes at export time);
 4. answers clusters of two or more instances as groups (most cohesive first) and the rest as singletons; the
@@ -24,7 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.imaging import resize_map
 from service.manifest import BundleError, GroupingSpec, Manifest, RegionHeadSpec
+
+# Added to the map's weights inside a box, so a box the map leaves dark (a distractor) is described by its plain mean
+APPEARANCE_WEIGHT_FLOOR = 1e-3
 
 
 def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
@@ -284,6 +290,41 @@ def region_vectors(
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
+def appearance_vectors(features: np.ndarray, probability: np.ndarray, boxes: np.ndarray, input_size: int) -> np.ndarray:
+    """Unit vectors ``[K, C]`` of ``[K, 4]`` boxes (network-input pixels): the mean of the encoder features
+    ``[C, H, W]`` over the feature cells each box covers, weighted by the ``[h, w]`` map (resized to ``H × W``) plus
+    :data:`APPEARANCE_WEIGHT_FLOOR`, so the object's pixels, not the background around it, describe the instance."""
+    channels, height, width = features.shape
+    if len(boxes) == 0:
+        return np.zeros((0, channels), dtype=np.float32)
+    weights = resize_map(probability, (width, height)).astype(np.float64) + APPEARANCE_WEIGHT_FLOOR
+    cells = np.asarray(boxes, dtype=np.float64) / np.asarray([input_size / width, input_size / height] * 2)
+    vectors = []
+    for x1, y1, x2, y2 in cells:
+        c0, r0 = min(max(int(np.floor(x1)), 0), width - 1), min(max(int(np.floor(y1)), 0), height - 1)
+        c1, r1 = max(min(int(np.ceil(x2)), width), c0 + 1), max(min(int(np.ceil(y2)), height), r0 + 1)
+        inside = weights[r0:r1, c0:c1]
+        vectors.append(np.einsum("chw,hw->c", features[:, r0:r1, c0:c1].astype(np.float64), inside) / inside.sum())
+    stacked = np.asarray(vectors)
+    return (stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def instance_vectors(
+    outputs: Mapping[str, np.ndarray],
+    boxes: np.ndarray,
+    embed: Callable[[np.ndarray], np.ndarray],
+    spec: GroupingSpec,
+    region: RegionHeadSpec,
+    input_size: int,
+) -> np.ndarray:
+    """The unit vectors ``spec.vectors`` names for ``boxes``, from one image's :func:`image_outputs`."""
+    if spec.vectors == "appearance":
+        if "appearance" not in outputs:
+            raise BundleError("grouping asks for appearance vectors but the bundle has no 'appearance' output")
+        return appearance_vectors(outputs["appearance"], outputs["probability"], boxes, input_size)
+    return region_vectors(outputs["features"], boxes, embed, region)
+
+
 def group_instances(boxes: np.ndarray, scores: np.ndarray, vectors: np.ndarray, distance_threshold: float) -> Grouping:
     """Cluster instances by their unit vectors; clusters of two or more are groups (most cohesive first, members by
     score), the rest singletons (by score)."""
@@ -309,46 +350,45 @@ def group_instances(boxes: np.ndarray, scores: np.ndarray, vectors: np.ndarray, 
 
 
 def find_groups(
-    probability: np.ndarray,
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    features: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
     embed: Callable[[np.ndarray], np.ndarray],
     spec: GroupingSpec,
     region: RegionHeadSpec,
     input_size: int,
 ) -> Grouping:
-    """Group one image's instances: :func:`propose`, :func:`region_vectors`, :func:`group_instances`.
+    """Group one image's instances: :func:`propose`, :func:`instance_vectors`, :func:`group_instances`.
 
     Args:
-        probability: ``[h, w]`` co-saliency probabilities (the graph's saliency output).
-        boxes: ``[N, 4]`` RPN boxes in network-input pixels; ``scores``: ``[N]`` their objectness probabilities.
-        features: ``[C, H, W]`` feature-sensitive features ``R``.
+        outputs: the image's :func:`image_outputs`.
         embed: the regional feature mapping head: pooled ``[K, C*P*P]`` → unit vectors ``[K, D]``.
-        spec: proposal, NMS and clustering settings; ``region``: RoIAlign geometry of the head.
+        spec: proposal, suppression, vector and clustering settings; ``region``: RoIAlign geometry of the head.
         input_size: side of the square network input.
     """
-    instance_boxes, instance_scores = propose(probability, boxes, scores, spec, input_size)
-    vectors = region_vectors(features, instance_boxes, embed, region)
-    return group_instances(instance_boxes, instance_scores, vectors, spec.distance_threshold)
+    boxes, scores = propose(outputs["probability"], outputs["boxes"], outputs["scores"], spec, input_size)
+    vectors = instance_vectors(outputs, boxes, embed, spec, region, input_size)
+    return group_instances(boxes, scores, vectors, spec.distance_threshold)
 
 
 def image_outputs(outputs: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
     """One image's co-saliency map ``[h, w]``, RPN boxes ``[N, 4]`` (network-input pixels; the graph gives
-    fractions of the input side), scores ``[N]`` and features ``[C, H, W]`` from a co-saliency bundle's outputs for
-    that image (batch axis removed), under the keys ``probability``, ``boxes``, ``scores``, ``features``."""
+    fractions of the input side), scores ``[N]``, features ``R`` ``[C, H, W]`` and, where the bundle has them
+    (exported since ``vectors: appearance`` exists), encoder features ``[C', H', W']`` from a co-saliency bundle's
+    outputs for that image (batch axis removed), under the keys ``probability``, ``boxes``, ``scores``,
+    ``features``, ``appearance``."""
     by_kind = {}
     for kind in ("saliency", "boxes", "scores", "embedding"):
         specs = manifest.output(kind)
         if not specs:
             raise BundleError(f"bundle {manifest.name} has no {kind!r} output, which co-saliency grouping needs")
         by_kind[kind] = outputs[specs[0].name]
-    return {
+    found = {
         "probability": by_kind["saliency"][0],
         "boxes": by_kind["boxes"] * manifest.preprocess.input_size,
         "scores": by_kind["scores"],
         "features": by_kind["embedding"],
     }
+    appearance = manifest.output("appearance")
+    return found | ({"appearance": outputs[appearance[0].name]} if appearance else {})
 
 
 def image_box(box: np.ndarray, image_size: tuple[int, int], input_size: int) -> tuple[int, int, int, int]:

@@ -55,7 +55,7 @@ class OutputSpec(_Strict):
     """One named ONNX output. Saliency is a probability map ``[B,1,h,w]`` (the graph ends in sigmoid)."""
 
     name: str
-    kind: Literal["saliency", "attention", "embedding", "boxes", "scores"]
+    kind: Literal["saliency", "attention", "embedding", "boxes", "scores", "appearance"]
     shape: list[int | str]
     attention: AttentionSpec | None = None
 
@@ -108,6 +108,9 @@ class GroupingSpec(_Strict):
     # what two duplicate instances overlap in: their boxes (NMS), or their masks (the map above mask_threshold inside
     # each box), which also catches a loose box shifted off the object it duplicates ("box" in older bundles)
     suppression: Literal["box", "mask"] = "box"
+    # what an instance's vector is: the regional feature mapping head on R (the paper's "learned"), or the bundle's
+    # frozen encoder features averaged under the map inside the box ("appearance"; "learned" in older bundles)
+    vectors: Literal["learned", "appearance"] = "learned"
     max_instances: int = Field(ge=1)
     distance_threshold: float = Field(gt=0, le=2)  # cosine distance below which clusters merge
     mask_threshold: float = Field(gt=0, lt=1)  # probability that counts as foreground (member masks, components)

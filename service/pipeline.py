@@ -286,10 +286,7 @@ class Pipeline:
         deadline.check("grouping")
         size = self.engine.input_size
         out = image_outputs(result.outputs, manifest)
-        grouping = find_groups(
-            out["probability"], out["boxes"], out["scores"], out["features"], self.engine.embed_regions,
-            self._grouping, manifest.regions, size,
-        )  # fmt: skip
+        grouping = find_groups(out, self.engine.embed_regions, self._grouping, manifest.regions, size)
         deadline.check("grouping")
         # uint8 at the upload's size (one byte a pixel), cut from the network's map
         full = np.asarray(Image.fromarray(to_uint8(np.clip(out["probability"], 0, 1))).resize(original, Image.BILINEAR))

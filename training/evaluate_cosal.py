@@ -15,6 +15,9 @@ what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
 - ``decoder_map``: max F / MAE of the network's co-saliency map before grouping;
 - ``proposals``: each instance source (RPN boxes after NMS, connected components of the map, both), each with its
   settings chosen on ``--val-scenes``;
+- ``vectors``: the shipped instance source with each kind of instance vector the bundle offers (``learned``: the
+  regional feature mapping head, the paper's; ``appearance``: the frozen encoder's features under the map), each with
+  its settings chosen on ``--val-scenes``;
 - ``saliency_map_in_groups`` (with ``--saliency-bundle``): the same groups, but the co-saliency map taken from that
   saliency model's map inside the groups' boxes;
 - ``baselines``: ``colour_histogram`` (the shipped instances grouped by colour histograms instead of learned
@@ -47,8 +50,8 @@ from service.grouping import (
     cut_linkage,
     group_instances,
     image_outputs,
+    instance_vectors,
     propose,
-    region_vectors,
 )
 from service.imaging import preprocess, resize_map
 from service.manifest import GroupingSpec, Manifest
@@ -125,20 +128,23 @@ def run_bundle(engine: Engine, scenes: list[EvalScene], progress: bool = True) -
     return results
 
 
-VectorFn = Callable[[SceneOutputs, np.ndarray], np.ndarray]
+VectorFn = Callable[[SceneOutputs, np.ndarray, GroupingSpec], np.ndarray]
 
 
-def learned_vectors(engine: Engine) -> VectorFn:
-    """The bundle's regional feature mapping head on RoIAlign-pooled ``R`` (what the service uses)."""
+def service_vectors(engine: Engine) -> VectorFn:
+    """The vectors the service computes for a spec (``vectors``: the regional feature mapping head on ``R``, or the
+    encoder's appearance features under the map)."""
     region = engine.manifest.regions
     if region is None:
         raise ValueError(f"bundle {engine.manifest.name} has no regional feature mapping head")
-    return lambda scene, boxes: region_vectors(scene.outputs["features"], boxes, engine.embed_regions, region)
+    return lambda scene, boxes, spec: instance_vectors(
+        scene.outputs, boxes, engine.embed_regions, spec, region, engine.input_size
+    )
 
 
-def colour_vectors(scene: SceneOutputs, boxes: np.ndarray) -> np.ndarray:
+def colour_vectors(scene: SceneOutputs, boxes: np.ndarray, spec: GroupingSpec) -> np.ndarray:
     """Baseline: each box's joint RGB histogram (8 bins per channel), square-rooted and L2-normalized (so cosine
-    distance is the Hellinger distance's monotone cousin)."""
+    distance is the Hellinger distance's monotone cousin); ``spec.vectors`` is ignored."""
     vectors = []
     for x1, y1, x2, y2 in np.round(boxes).astype(int):
         patch = scene.rgb[max(y1, 0) : max(y2, y1 + 1), max(x1, 0) : max(x2, x1 + 1)].reshape(-1, 3)
@@ -210,38 +216,45 @@ def calibrate(
     input_size: int,
     proposals: Iterable[str] = ("rpn", "components", "both"),
     label: str = "",
+    vector_kinds: Iterable[str] = ("learned",),
 ) -> dict[str, GroupingSpec]:
     """The best settings per instance source on these (validation) scenes, by group-found rate + mean ARI.
 
-    Each source's proposal settings are tried on every scene once; the clustering threshold is swept by cutting one
-    average-linkage agglomeration per scene.
+    Each source's proposal settings are tried on every scene once, with each of ``vector_kinds``; the clustering
+    threshold is swept by cutting one average-linkage agglomeration per scene.
     """
+    kinds = list(vector_kinds)
     best: dict[str, tuple[float, GroupingSpec]] = {}
-    for candidate in _candidate_specs(proposals):
-        found = np.zeros(len(DISTANCE_THRESHOLDS))
-        ari = np.zeros(len(DISTANCE_THRESHOLDS))
+    for proposal_spec in _candidate_specs(proposals):
+        candidates = [proposal_spec.model_copy(update={"vectors": kind}) for kind in kinds]
+        found = np.zeros((len(kinds), len(DISTANCE_THRESHOLDS)))
+        ari = np.zeros((len(kinds), len(DISTANCE_THRESHOLDS)))
         for scene, out in zip(scenes, outputs, strict=True):
             o = out.outputs
-            boxes, _ = propose(o["probability"], o["boxes"], o["scores"], candidate, input_size)
-            merges = average_linkage(vectors(out, boxes)) if len(boxes) else []
+            boxes, _ = propose(o["probability"], o["boxes"], o["scores"], proposal_spec, input_size)
             pixels = _scene_pixels(boxes, scene, input_size)
-            for t, distance in enumerate(DISTANCE_THRESHOLDS):
-                labels = cut_linkage(merges, len(boxes), distance)
-                score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
-                found[t] += score.group_found
-                ari[t] += score.ari
+            for k, candidate in enumerate(candidates):
+                merges = average_linkage(vectors(out, boxes, candidate)) if len(boxes) else []
+                for t, distance in enumerate(DISTANCE_THRESHOLDS):
+                    labels = cut_linkage(merges, len(boxes), distance)
+                    score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
+                    found[k, t] += score.group_found
+                    ari[k, t] += score.ari
         objective = (found + ari) / len(scenes)
-        t = int(np.argmax(objective))
-        if candidate.proposals not in best or objective[t] > best[candidate.proposals][0]:
+        k, t = np.unravel_index(int(np.argmax(objective)), objective.shape)
+        if proposal_spec.proposals not in best or objective[k, t] > best[proposal_spec.proposals][0]:
             note = (
-                f"{label}: group found {found[t] / len(scenes):.3f}, ARI {ari[t] / len(scenes):.3f} "
+                f"{label}: group found {found[k, t] / len(scenes):.3f}, ARI {ari[k, t] / len(scenes):.3f} "
                 f"on {len(scenes)} scenes"
             )
-            best[candidate.proposals] = (
-                float(objective[t]),
-                candidate.model_copy(update={"distance_threshold": DISTANCE_THRESHOLDS[t], "selected_on": note}),
-            )
+            update = {"distance_threshold": DISTANCE_THRESHOLDS[t], "selected_on": note}
+            best[proposal_spec.proposals] = (float(objective[k, t]), candidates[k].model_copy(update=update))
     return {mode: spec for mode, (_, spec) in best.items()}
+
+
+def vector_kinds(manifest: Manifest) -> tuple[str, ...]:
+    """The instance vectors a bundle offers: the learned head always, appearance when it exports encoder features."""
+    return ("learned", "appearance") if manifest.output("appearance") else ("learned",)
 
 
 def evaluate(
@@ -260,7 +273,7 @@ def evaluate(
     for index, (scene, out) in enumerate(zip(scenes, outputs, strict=True)):
         o = out.outputs
         boxes, scores = propose(o["probability"], o["boxes"], o["scores"], spec, input_size)
-        grouping = group_instances(boxes, scores, vectors(out, boxes), spec.distance_threshold)
+        grouping = group_instances(boxes, scores, vectors(out, boxes, spec), spec.distance_threshold)
         pred_boxes, labels = _labels(grouping)
         pixels = _scene_pixels(pred_boxes, scene, input_size)
         score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
@@ -335,9 +348,13 @@ def main(argv: list[str] | None = None) -> int:
     val = read_eval_scenes(args.val_scenes, args.limit)
     test_out = run_bundle(engine, test, progress)
     val_out = run_bundle(engine, val, progress)
-    learned = learned_vectors(engine)
-    per_source = calibrate(val, val_out, learned, size, label=str(args.val_scenes))
+    learned = service_vectors(engine)
+    per_source = calibrate(
+        val, val_out, learned, size, label=str(args.val_scenes), vector_kinds=vector_kinds(engine.manifest)
+    )
     colour = calibrate(val, val_out, colour_vectors, size, (shipped.proposals,), label=str(args.val_scenes))
+    colour_row = evaluate(test, test_out, colour_vectors, colour[shipped.proposals], size)
+    colour_row["settings"]["vectors"] = "colour_histogram"
     result: dict[str, Any] = {
         "bundle": str(engine.info.bundle_dir),
         "variant": engine.info.variant,
@@ -346,9 +363,14 @@ def main(argv: list[str] | None = None) -> int:
         "shipped": evaluate(test, test_out, learned, shipped, size),
         "decoder_map": map_scores(test, (o.outputs["probability"] for o in test_out)),
         "proposals": {mode: evaluate(test, test_out, learned, spec, size) for mode, spec in per_source.items()},
-        "baselines": {
-            "colour_histogram": evaluate(test, test_out, colour_vectors, colour[shipped.proposals], size),
+        "vectors": {
+            kind: evaluate(test, test_out, learned, spec, size)
+            for kind in vector_kinds(engine.manifest)
+            for spec in calibrate(
+                val, val_out, learned, size, (shipped.proposals,), str(args.val_scenes), vector_kinds=(kind,)
+            ).values()
         },
+        "baselines": {"colour_histogram": colour_row},
     }
     if args.saliency_bundle:
         saliency = Engine(args.saliency_bundle, "auto", ["CPUExecutionProvider"], intra_op_threads=args.threads)

@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from service.grouping import (
+    APPEARANCE_WEIGHT_FLOOR,
+    appearance_vectors,
     average_linkage,
     box_iou,
     cluster,
@@ -14,6 +16,7 @@ from service.grouping import (
     cosaliency_map,
     group_instances,
     image_box,
+    instance_vectors,
     label_components,
     nms,
     propose,
@@ -182,3 +185,44 @@ def test_mask_suppression_drops_a_shifted_duplicate_that_box_nms_keeps() -> None
         probability, rpn_boxes, rpn_scores, spec.model_copy(update={"suppression": "mask", "max_instances": 1}), 128
     )
     np.testing.assert_allclose(one, rpn_boxes[[0]])
+
+
+def test_appearance_vectors_average_the_features_under_the_map_inside_each_box() -> None:
+    features = np.zeros((2, 4, 4), np.float32)
+    features[0, :, :2] = 1.0  # channel 0 on the left half, channel 1 on the right half
+    features[1, :, 2:] = 1.0
+    probability = np.zeros((4, 4), np.float32)  # the map at the features' size: no resizing
+    probability[1, 1] = 1.0  # the object in the left box sits on a left cell
+    boxes = np.asarray([[0, 0, 48, 64], [32, 0, 64, 64]], np.float32)  # input 64 px, 16 px cells: columns 0-2, 2-3
+    vectors = appearance_vectors(features, probability, boxes, 64)
+    # left box: 12 cells, weight 1 + ε on the object, ε elsewhere; channel 0 on 8 of them, channel 1 on 4
+    floor = APPEARANCE_WEIGHT_FLOOR
+    total = 1 + 12 * floor
+    expected = np.asarray([(1 + 8 * floor) / total, 4 * floor / total])
+    np.testing.assert_allclose(vectors[0], expected / np.linalg.norm(expected), rtol=1e-6)
+    np.testing.assert_allclose(vectors[1], [0.0, 1.0], atol=1e-7)  # a dark box: its plain mean, all channel 1
+    assert appearance_vectors(features, probability, np.zeros((0, 4)), 64).shape == (0, 2)
+
+
+def test_instance_vectors_follow_the_spec_and_name_a_missing_output() -> None:
+    from service.manifest import BundleError, GroupingSpec, RegionHeadSpec
+
+    spec = GroupingSpec(
+        proposals="rpn", min_score=0.5, nms_iou=0.5, max_instances=12, distance_threshold=0.3,
+        mask_threshold=0.5, min_area_fraction=0.01, vectors="appearance",
+    )  # fmt: skip
+    region = RegionHeadSpec(file="regions.onnx", pool_size=1, stride=16, sampling_ratio=1, input_name="pooled",
+                            output_name="vectors")  # fmt: skip
+    features = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
+    outputs = {"probability": np.ones((4, 4), np.float32), "features": features, "appearance": features[:2]}
+    boxes = np.asarray([[0, 0, 32, 32]], np.float32)
+    embed = lambda pooled: pooled[:, :1] + 1.0  # noqa: E731 - a one-dimensional "head": every vector is (1,)
+    np.testing.assert_allclose(
+        instance_vectors(outputs, boxes, embed, spec, region, 64),
+        appearance_vectors(features[:2], outputs["probability"], boxes, 64),
+    )
+    learned = spec.model_copy(update={"vectors": "learned"})
+    np.testing.assert_allclose(instance_vectors(outputs, boxes, embed, learned, region, 64), [[1.0]])
+    del outputs["appearance"]
+    with pytest.raises(BundleError, match="appearance"):
+        instance_vectors(outputs, boxes, embed, spec, region, 64)

@@ -135,7 +135,7 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     )
     assert max(report["parity_regions"]["max_abs_diff"].values()) <= 1e-4
     manifest = load_manifest(out)
-    assert {o.kind for o in manifest.outputs} == {"saliency", "embedding", "boxes", "scores"}
+    assert {o.kind for o in manifest.outputs} == {"saliency", "embedding", "boxes", "scores", "appearance"}
     assert manifest.regions is not None and manifest.grouping is not None
     assert manifest.grouping.proposals == report["grouping"]["chosen"]
     assert set(manifest.variants["fp32"].accuracy[f"cosal_val:{val.name}"]) == {"group_found", "ari", "max_f", "mae"}
@@ -144,5 +144,8 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     assert evaluate_main(["--bundle", str(out), "--scenes", str(val), "--val-scenes", str(val), "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 3 and set(result["proposals"]) == {"rpn", "components", "both"}
+    assert set(result["vectors"]) == {"learned", "appearance"}
+    assert result["vectors"]["appearance"]["settings"]["vectors"] == "appearance"
+    assert result["baselines"]["colour_histogram"]["settings"]["vectors"] == "colour_histogram"
     for scores in (result["shipped"], result["baselines"]["colour_histogram"]):
         assert 0 <= scores["group_found"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["mae"] <= 1
