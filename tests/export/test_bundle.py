@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -248,6 +249,27 @@ def test_parity_failure_is_loud(tiny_checkpoint: Path, fixture_images: Path, tmp
         check_parity(diffs, 1e-4, "tampered graph")
     with pytest.raises(ParityError, match="nan"):
         check_parity({"saliency": float("nan")}, 1e-4, "nan output")
+
+
+def test_parity_is_absolute_for_probabilities_and_relative_for_large_features() -> None:
+    import torch
+
+    class Wrapper(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return torch.sigmoid(x), 20 * x  # a probability and features reaching 20
+
+    class Session:
+        def get_outputs(self) -> list[SimpleNamespace]:
+            return [SimpleNamespace(name="probability"), SimpleNamespace(name="features")]
+
+        def run(self, names: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            x = feeds["image"]
+            return [1 / (1 + np.exp(-x)) + 1e-3, 20 * x + 1e-3]
+
+    images = np.ones((2, 1, 1, 1), np.float32)
+    diffs = max_abs_diff(Wrapper(), Session(), images)
+    assert diffs["probability"] == pytest.approx(1e-3, rel=1e-3)
+    assert diffs["features"] == pytest.approx(1e-3 / 20, rel=1e-2)
 
 
 def test_failed_export_leaves_existing_bundle_untouched(tiny_checkpoint: Path, tmp_path: Path) -> None:
