@@ -3,10 +3,9 @@
 The bundle's graph gives, per image, a co-saliency probability map, the RPN's decoded boxes with their objectness
 and the feature-sensitive features ``R``. Grouping then:
 
-1. cuts instances: the RPN's boxes above ``min_score`` whose mean map probability reaches ``min_map``, after
-   suppressing duplicates (``proposals: rpn``; by box IoU, or by the IoU of the instances' masks with
-   ``suppression: mask``), the connected components of the map above ``mask_threshold`` (``proposals:
-   components``), or both (their union after the same suppression);
+1. cuts instances: the RPN's boxes above ``min_score`` whose mean map probability reaches ``min_map``, after NMS
+   (``proposals: rpn``), the connected components
+   of the map above ``mask_threshold`` (``proposals: components``), or both (their union after NMS);
 2. gives each instance a unit vector: its box pooled on ``R`` with RoIAlign (same semantics as
    ``models/roi_align.py``) and mapped by the bundle's regional feature mapping head (a second small ONNX graph,
    passed in as ``embed``; ``vectors: learned``, the paper's), or the bundle's frozen encoder features averaged
@@ -53,39 +52,6 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
         keep.append(best)
         rest = order[1:]
         order = rest[box_iou(boxes[best : best + 1], boxes[rest])[0] <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
-
-
-def instance_mask(foreground: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """The pixels of a boolean map inside a ``(x1, y1, x2, y2)`` box given in that map's pixels, as a full-size
-    boolean map (an instance's mask: what the answer's member masks show)."""
-    x1, y1, x2, y2 = (round(float(v)) for v in box)
-    mask = np.zeros_like(foreground, dtype=bool)
-    mask[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = foreground[
-        max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)
-    ]
-    return mask
-
-
-def mask_nms(
-    foreground: np.ndarray, boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, limit: int
-) -> np.ndarray:
-    """Greedy suppression on masks: best score first, an instance is kept when its mask (:func:`instance_mask`,
-    ``boxes`` in ``foreground``'s pixels) is not empty and overlaps every kept one's mask at IoU ≤ ``iou_threshold``;
-    at most ``limit`` are kept. Indices of the kept boxes, highest score first."""
-    keep: list[int] = []
-    kept_masks: list[np.ndarray] = []
-    for index in np.argsort(-scores, kind="stable"):
-        mask = instance_mask(foreground, boxes[index])
-        area = int(mask.sum())
-        if area == 0:
-            continue
-        if any((mask & other).sum() / (mask | other).sum() > iou_threshold for other in kept_masks):
-            continue
-        keep.append(int(index))
-        kept_masks.append(mask)
-        if len(keep) == limit:
-            break
     return np.asarray(keep, dtype=np.int64)
 
 
@@ -230,20 +196,8 @@ def _rpn_instances(
         scale = _map_scale(probability, input_size)
         salient = np.asarray([_mean_inside(probability, box / scale) >= spec.min_map for box in boxes], dtype=bool)
         boxes, scores = boxes[salient], scores[salient]
-    keep = suppress_duplicates(probability, boxes, scores, spec, input_size)
+    keep = nms(boxes, scores, spec.nms_iou)[: spec.max_instances]
     return boxes[keep], scores[keep]
-
-
-def suppress_duplicates(
-    probability: np.ndarray, boxes: np.ndarray, priority: np.ndarray, spec: GroupingSpec, input_size: int
-) -> np.ndarray:
-    """Indices of the instances kept (at most ``spec.max_instances``, highest ``priority`` first) after NMS on
-    boxes or, with ``suppression: mask``, on masks, at IoU ``spec.nms_iou``."""
-    if spec.suppression == "mask":
-        foreground = probability >= spec.mask_threshold
-        scaled = boxes / _map_scale(probability, input_size)
-        return mask_nms(foreground, scaled, priority, spec.nms_iou, spec.max_instances)
-    return nms(boxes, priority, spec.nms_iou)[: spec.max_instances]
 
 
 def _component_instances(probability: np.ndarray, spec: GroupingSpec, input_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -257,9 +211,9 @@ def propose(
     probability: np.ndarray, boxes: np.ndarray, scores: np.ndarray, spec: GroupingSpec, input_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance boxes ``[N,4]`` (network-input pixels) and scores ``[N]``, per ``spec.proposals``: the RPN's boxes
-    (objectness ≥ ``min_score``, mean map probability inside ≥ ``min_map``, :func:`suppress_duplicates`), the map's
-    connected components (score: mean probability inside), or ``both``: their union after the same suppression,
-    components first (they follow the map's object outlines; the RPN adds what the map leaves dark or merges)."""
+    (objectness ≥ ``min_score``, mean map probability inside ≥ ``min_map``, NMS), the map's connected components
+    (score: mean probability inside), or ``both``: their union after NMS, components first (they follow the map's
+    object outlines; the RPN adds what the map leaves dark or merges)."""
     if spec.proposals == "rpn":
         return _rpn_instances(probability, boxes, scores, spec, input_size)
     components = _component_instances(probability, spec, input_size)
@@ -269,7 +223,7 @@ def propose(
     union = np.concatenate([components[0], rpn[0]]).reshape(-1, 4)
     union_scores = np.concatenate([components[1], rpn[1]])
     priority = np.concatenate([np.ones(len(components[0])), np.zeros(len(rpn[0]))]) * 2 + union_scores
-    keep = suppress_duplicates(probability, union, priority, spec, input_size)
+    keep = nms(union, priority, spec.nms_iou)[: spec.max_instances]
     return union[keep], union_scores[keep]
 
 

@@ -105,9 +105,6 @@ class GroupingSpec(_Strict):
     # alike two such boxes look (0 in bundles exported before this field)
     min_map: float = Field(default=0.0, ge=0, le=1)
     nms_iou: float = Field(gt=0, le=1)
-    # what two duplicate instances overlap in: their boxes (NMS), or their masks (the map above mask_threshold inside
-    # each box), which also catches a loose box shifted off the object it duplicates ("box" in older bundles)
-    suppression: Literal["box", "mask"] = "box"
     # what an instance's vector is: the regional feature mapping head on R (the paper's "learned"), or the bundle's
     # frozen encoder features averaged under the map inside the box ("appearance"; "learned" in older bundles)
     vectors: Literal["learned", "appearance"] = "learned"

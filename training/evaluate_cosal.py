@@ -67,7 +67,6 @@ MIN_SCORES = (0.05, 0.1, 0.2, 0.3, 0.5)
 # An RPN box must hold co-salient pixels (no zero: two boxes on plain background embed alike and would form a group)
 MIN_MAPS = (0.1, 0.25)
 NMS_IOUS = (0.3, 0.5)
-SUPPRESSIONS = ("box", "mask")
 MASK_THRESHOLD = 0.5
 MIN_AREA_FRACTION = 0.002
 MAX_INSTANCES = 12
@@ -177,14 +176,12 @@ def _base_spec(
     nms_iou: float,
     distance: float,
     selected_on: str,
-    suppression: str = "box",
 ) -> GroupingSpec:
     return GroupingSpec(
         proposals=proposals,  # type: ignore[arg-type]
         min_score=min_score,
         min_map=min_map,
         nms_iou=nms_iou,
-        suppression=suppression,  # type: ignore[arg-type]
         max_instances=MAX_INSTANCES,
         distance_threshold=distance,
         mask_threshold=MASK_THRESHOLD,
@@ -199,13 +196,7 @@ def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
         if mode == "components":
             specs.append(_base_spec("components", 0.0, 0.0, 0.5, 1.0, ""))
         else:
-            specs += [
-                _base_spec(mode, s, m, n, 1.0, "", suppression)
-                for s in MIN_SCORES
-                for m in MIN_MAPS
-                for n in NMS_IOUS
-                for suppression in SUPPRESSIONS
-            ]
+            specs += [_base_spec(mode, s, m, n, 1.0, "") for s in MIN_SCORES for m in MIN_MAPS for n in NMS_IOUS]
     return specs
 
 
@@ -235,9 +226,12 @@ def calibrate(
             pixels = _scene_pixels(boxes, scene, input_size)
             for k, candidate in enumerate(candidates):
                 merges = average_linkage(vectors(out, boxes, candidate)) if len(boxes) else []
+                previous, score = None, None
                 for t, distance in enumerate(DISTANCE_THRESHOLDS):
                     labels = cut_linkage(merges, len(boxes), distance)
-                    score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
+                    if score is None or not np.array_equal(labels, previous):  # most cuts repeat the one before
+                        score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
+                    previous = labels
                     found[k, t] += score.group_found
                     ari[k, t] += score.ari
         objective = (found + ari) / len(scenes)

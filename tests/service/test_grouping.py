@@ -156,37 +156,6 @@ def test_rpn_boxes_on_plain_background_are_no_instances_under_min_map() -> None:
     np.testing.assert_allclose(strict, rpn_boxes[:1])
 
 
-def test_mask_suppression_drops_a_shifted_duplicate_that_box_nms_keeps() -> None:
-    from service.manifest import GroupingSpec
-
-    probability = np.zeros((32, 32), np.float32)
-    probability[4:12, 4:12] = 0.9  # object A: input pixels 16-47 at 128 px
-    probability[4:12, 20:28] = 0.9  # object B: input pixels 80-111
-    rpn_boxes = np.asarray(
-        [
-            [16, 16, 48, 48],  # A
-            [12, 12, 80, 60],  # A again, loose: box IoU 0.32 with A's box, the same mask (A's pixels)
-            [80, 16, 112, 48],  # B
-            [40, 60, 70, 100],  # background only: an empty mask
-        ],
-        np.float32,
-    )
-    rpn_scores = np.asarray([0.9, 0.8, 0.7, 0.95], np.float32)
-    spec = GroupingSpec(
-        proposals="rpn", min_score=0.5, nms_iou=0.5, max_instances=12, distance_threshold=0.3,
-        mask_threshold=0.5, min_area_fraction=0.01,
-    )  # fmt: skip
-    boxes, _ = propose(probability, rpn_boxes, rpn_scores, spec, 128)
-    assert len(boxes) == 4  # box NMS keeps every one of them
-    masked, scores = propose(probability, rpn_boxes, rpn_scores, spec.model_copy(update={"suppression": "mask"}), 128)
-    np.testing.assert_allclose(masked, rpn_boxes[[0, 2]])
-    np.testing.assert_allclose(scores, [0.9, 0.7])
-    one, _ = propose(
-        probability, rpn_boxes, rpn_scores, spec.model_copy(update={"suppression": "mask", "max_instances": 1}), 128
-    )
-    np.testing.assert_allclose(one, rpn_boxes[[0]])
-
-
 def test_appearance_vectors_average_the_features_under_the_map_inside_each_box() -> None:
     features = np.zeros((2, 4, 4), np.float32)
     features[0, :, :2] = 1.0  # channel 0 on the left half, channel 1 on the right half
