@@ -45,7 +45,15 @@ from service.manifest import (
     load_manifest,
     sha256_file,
 )
-from training.evaluate_cosal import calibrate, evaluate, read_eval_scenes, run_bundle, service_vectors, vector_kinds
+from training.evaluate_cosal import (
+    calibrate,
+    evaluate,
+    grouping_objective,
+    read_eval_scenes,
+    run_bundle,
+    service_vectors,
+    vector_kinds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -337,11 +345,11 @@ def _choose_grouping(
         }
     finally:
         engine.close()
-    chosen = max(scores, key=lambda mode: scores[mode]["group_found"] + scores[mode]["ari"])
+    chosen = max(scores, key=lambda mode: grouping_objective(scores[mode]))
     report["grouping"] = {"chosen": chosen, "validation": scores}
     name = f"cosal_val:{Path(scenes_dir).name}"
     fp32 = manifest.variants["fp32"]
-    accuracy = {name: {k: scores[chosen][k] for k in ("group_found", "ari", "max_f", "mae")}}
+    accuracy = {name: {k: scores[chosen][k] for k in ("group_found", "group_found_exactly", "ari", "max_f", "mae")}}
     variants = {**manifest.variants, "fp32": fp32.model_copy(update={"accuracy": accuracy})}
     return manifest.model_copy(update={"grouping": per_source[chosen], "variants": variants})
 

@@ -11,7 +11,9 @@ and the feature-sensitive features ``R``. Grouping then:
    passed in as ``embed``; ``vectors: learned``, the paper's), or the bundle's frozen encoder features averaged
    under the map inside the box (``vectors: appearance``, :func:`appearance_vectors`);
 3. clusters the vectors by average linkage on cosine distance, merging while the closest clusters are nearer than
-   ``distance_threshold`` (chosen on validation scenes at export time);
+   ``distance_threshold`` (chosen on validation scenes at export time), then drops, within each cluster, the members
+   whose box overlaps a better-fitting member's above ``member_iou`` (fit: :func:`box_fit`): the RPN's shifted
+   duplicates of one object look alike and cluster with it, and a group should list each object once;
 4. answers clusters of two or more instances as groups (most cohesive first) and the rest as singletons; the
    co-saliency map is the probability map inside the groups' boxes and zero elsewhere.
 
@@ -279,10 +281,57 @@ def instance_vectors(
     return region_vectors(outputs["features"], boxes, embed, region)
 
 
-def group_instances(boxes: np.ndarray, scores: np.ndarray, vectors: np.ndarray, distance_threshold: float) -> Grouping:
-    """Cluster instances by their unit vectors; clusters of two or more are groups (most cohesive first, members by
+def box_fit(probability: np.ndarray, boxes: np.ndarray, input_size: int) -> np.ndarray:
+    """How well each ``[K, 4]`` box (network-input pixels) frames the salient mass around it ``[K]``: the soft IoU
+    of the box with the ``[h, w]`` map inside the box grown by half its size on every side,
+    Σ_box p / (|box| + Σ_(grown ∖ box) p). A box shifted off its object leaves mass outside it; a loose box holds
+    background; both fit worse than the box around the object."""
+    scale = _map_scale(probability, input_size)
+    height, width = probability.shape
+    fits = []
+    for box in np.asarray(boxes, dtype=np.float64) / scale:
+        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        half_w, half_h = (x2 - x1) // 2, (y2 - y1) // 2
+        inside = float(probability[max(y1, 0) : y2, max(x1, 0) : x2].sum())
+        grown = probability[
+            max(y1 - half_h, 0) : min(y2 + half_h, height), max(x1 - half_w, 0) : min(x2 + half_w, width)
+        ]
+        area = max(x2 - x1, 0) * max(y2 - y1, 0)
+        fits.append(inside / max(area + float(grown.sum()) - inside, 1e-12))
+    return np.asarray(fits, dtype=np.float64)
+
+
+def distinct_members(priority: np.ndarray, boxes: np.ndarray, labels: np.ndarray, member_iou: float) -> np.ndarray:
+    """Which instances to keep ``[K]`` bool: within each cluster, highest ``priority`` first, an instance whose box
+    overlaps a kept member's above ``member_iou`` is dropped as its duplicate (``member_iou`` 1 keeps all)."""
+    keep = np.ones(len(boxes), dtype=bool)
+    if member_iou >= 1:
+        return keep
+    iou = box_iou(boxes, boxes)
+    kept: dict[int, list[int]] = {}
+    for index in np.argsort(-np.asarray(priority), kind="stable"):
+        members = kept.setdefault(int(labels[index]), [])
+        if any(iou[index, other] > member_iou for other in members):
+            keep[index] = False
+        else:
+            members.append(int(index))
+    return keep
+
+
+def group_instances(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    vectors: np.ndarray,
+    distance_threshold: float,
+    member_iou: float = 1.0,
+    priority: np.ndarray | None = None,
+) -> Grouping:
+    """Cluster instances by their unit vectors and drop duplicate members (:func:`distinct_members`, best
+    ``priority`` kept, by default the score); clusters of two or more are groups (most cohesive first, members by
     score), the rest singletons (by score)."""
     labels = cluster(vectors, distance_threshold)
+    keep = distinct_members(scores if priority is None else priority, boxes, labels, member_iou)
+    boxes, scores, vectors, labels = boxes[keep], np.asarray(scores)[keep], vectors[keep], labels[keep]
     instances = [Instance(b, float(s), v) for b, s, v in zip(boxes, scores, vectors, strict=True)]
     groups, cohesion, singletons = [], [], []
     for label in np.unique(labels):
@@ -320,7 +369,8 @@ def find_groups(
     """
     boxes, scores = propose(outputs["probability"], outputs["boxes"], outputs["scores"], spec, input_size)
     vectors = instance_vectors(outputs, boxes, embed, spec, region, input_size)
-    return group_instances(boxes, scores, vectors, spec.distance_threshold)
+    fit = box_fit(outputs["probability"], boxes, input_size)
+    return group_instances(boxes, scores, vectors, spec.distance_threshold, spec.member_iou, fit)
 
 
 def image_outputs(outputs: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:

@@ -2,6 +2,8 @@
 
 - **Group found**: some predicted group has members matched to at least two instances of the true co-salient group
   and none matched to a distractor (box IoU ≥ 0.5, one-to-one greedy matching by IoU).
+- **Group found exactly**: such a group whose every member is matched to a distinct true instance, so it lists each
+  copy once (a group also holding a duplicate box of a copy, or a box on nothing, is found but not exactly).
 - **Adjusted Rand index** (Hubert & Arabie, 1985) over the scene's true instances: the true partition puts the
   group's instances together and each distractor alone; the predicted partition gives each matched instance its
   predicted group (or its own cluster when it is a singleton) and each unmatched instance a cluster of its own.
@@ -66,6 +68,7 @@ def match_instances(true_boxes: np.ndarray, pred_boxes: np.ndarray, min_iou: flo
 @dataclass(frozen=True)
 class SceneScore:
     group_found: bool
+    group_exact: bool  # found, and every member of that group is a distinct true copy: no duplicate, no stray box
     ari: float
     matched_instances: int  # true instances a predicted one matches (box IoU >= MATCH_IOU, one-to-one)
 
@@ -88,7 +91,7 @@ def score_scene(
     matched = match_instances(true_boxes, pred_boxes)
     pred_labels = np.asarray(pred_labels)
     sizes = {label: int(np.count_nonzero(pred_labels == label)) for label in np.unique(pred_labels)}
-    found = False
+    found = exact = False
     for label, size in sizes.items():
         if size < 2:
             continue
@@ -98,6 +101,7 @@ def score_scene(
             true_groups[t] == cosalient_group for t in hits
         ):
             found = True
+            exact = exact or len(hits) == size
     fresh = int(pred_labels.max(initial=-1)) + 1
     predicted = []
     for p in matched:
@@ -105,6 +109,7 @@ def score_scene(
         fresh += p < 0
     return SceneScore(
         group_found=found,
+        group_exact=exact,
         ari=adjusted_rand_index(np.asarray(true_groups), np.asarray(predicted)),
         matched_instances=int(np.count_nonzero(matched >= 0)),
     )

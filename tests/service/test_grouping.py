@@ -10,6 +10,7 @@ from service.grouping import (
     APPEARANCE_WEIGHT_FLOOR,
     appearance_vectors,
     average_linkage,
+    box_fit,
     box_iou,
     cluster,
     component_boxes,
@@ -96,6 +97,28 @@ def test_groups_are_two_or_more_most_cohesive_first_and_the_rest_singletons() ->
     assert grouping.cohesion[0] > grouping.cohesion[1]
     assert grouping.cohesion[1] == pytest.approx(float(vectors[0] @ vectors[1]))
     assert [m.score for m in grouping.singletons] == pytest.approx([0.95])
+
+
+def test_box_fit_is_the_soft_iou_with_the_map_around_the_box_by_hand() -> None:
+    probability = np.zeros((20, 20))
+    probability[4:8, 4:8] = 1.0  # one object of 16 px at input 40 (2 input px per map px)
+    boxes = np.asarray([[8, 8, 16, 16], [12, 8, 20, 16], [4, 4, 20, 20]], np.float64)
+    # tight: 16 / 16; shifted half off (mass 8 of its 16 px, 8 more in the grown box): 8 / (16 + 8); loose: 16 / 64
+    assert box_fit(probability, boxes, 40) == pytest.approx([1.0, 1 / 3, 0.25])
+
+
+def test_a_duplicate_member_is_dropped_for_the_better_fitting_box_other_clusters_untouched() -> None:
+    vectors = _unit((1, 0), (0.99, 0.1), (1, 0.02), (0, 1), (0.05, 1)).astype(np.float32)
+    boxes = np.asarray(
+        [[0, 0, 40, 40], [4, 0, 44, 40], [100, 0, 140, 40], [0, 100, 40, 140], [2, 100, 42, 140]], np.float32
+    )  # 0-1 overlap (IoU 0.82) in one cluster with 2; 3-4 overlap in another
+    scores = np.asarray([0.9, 0.5, 0.8, 0.7, 0.6], np.float32)
+    fit = np.asarray([0.4, 0.9, 0.8, 0.7, 0.6])
+    kept = group_instances(boxes, scores, vectors, 0.1, member_iou=0.5, priority=fit)
+    assert [sorted(float(m.score) for m in g) for g in kept.groups] == [pytest.approx([0.5, 0.8])]
+    assert [float(m.score) for m in kept.singletons] == pytest.approx([0.7])  # its duplicate went: alone now
+    every = group_instances(boxes, scores, vectors, 0.1)  # member_iou 1 keeps all
+    assert sorted(len(g) for g in every.groups) == [2, 3]
 
 
 def test_image_boxes_cover_the_box_with_exclusive_ends_inside_the_image() -> None:

@@ -43,6 +43,14 @@ def test_the_true_group_is_found_with_two_members_and_no_distractor() -> None:
     partial = score_scene(TRUE_BOXES, TRUE_GROUPS, 0, TRUE_BOXES[:2].copy(), np.asarray([0, 0]))
     assert partial.group_found and partial.ari < 1.0  # the third copy was missed
     assert score.matched_instances == 4 and partial.matched_instances == 2
+    assert score.group_exact and partial.group_exact
+
+
+def test_a_group_with_a_duplicate_box_is_found_but_not_exactly() -> None:
+    shifted = TRUE_BOXES[:1] + np.asarray([[4.0, 0.0, 4.0, 0.0]])  # IoU 6/14 with the first copy: no match
+    boxes = np.concatenate([TRUE_BOXES, shifted])
+    score = score_scene(TRUE_BOXES, TRUE_GROUPS, 0, boxes, np.asarray([0, 0, 0, 1, 0]))
+    assert score.group_found and not score.group_exact and score.ari == 1.0
 
 
 def test_a_group_holding_the_distractor_or_a_single_copy_is_not_found() -> None:
