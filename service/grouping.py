@@ -12,8 +12,9 @@ and the feature-sensitive features ``R``. Grouping then:
    under the map inside the box (``vectors: appearance``, :func:`appearance_vectors`);
 3. clusters the vectors by average linkage on cosine distance, merging while the closest clusters are nearer than
    ``distance_threshold`` (chosen on validation scenes at export time), then drops, within each cluster, the members
-   whose box overlaps a better-fitting member's above ``member_iou`` (fit: :func:`box_fit`): the RPN's shifted
-   duplicates of one object look alike and cluster with it, and a group should list each object once;
+   whose map mass lies mostly (above ``member_overlap``) inside better-fitting members' boxes (fit: :func:`box_fit`):
+   the RPN's shifted and loose duplicates of one object look alike and cluster with it, and a group should list each
+   object once;
 4. answers clusters of two or more instances as groups (most cohesive first) and the rest as singletons; the
    co-saliency map is the probability map inside the groups' boxes and zero elsewhere.
 
@@ -301,37 +302,38 @@ def box_fit(probability: np.ndarray, boxes: np.ndarray, input_size: int) -> np.n
     return np.asarray(fits, dtype=np.float64)
 
 
-def distinct_members(priority: np.ndarray, boxes: np.ndarray, labels: np.ndarray, member_iou: float) -> np.ndarray:
-    """Which instances to keep ``[K]`` bool: within each cluster, highest ``priority`` first, an instance whose box
-    overlaps a kept member's above ``member_iou`` is dropped as its duplicate (``member_iou`` 1 keeps all)."""
+def distinct_members(
+    priority: np.ndarray,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    probability: np.ndarray,
+    input_size: int,
+    member_overlap: float,
+) -> np.ndarray:
+    """Which instances to keep ``[K]`` bool: within each cluster, highest ``priority`` first, an instance is dropped
+    as a duplicate when more than ``member_overlap`` of the map's mass inside its box lies inside the boxes already
+    kept (``member_overlap`` 1 keeps all). A shifted or loose box on an object kept already holds little mass of its
+    own; a second copy partly hidden behind the first keeps most of its mass outside the first one's box."""
     keep = np.ones(len(boxes), dtype=bool)
-    if member_iou >= 1:
+    if member_overlap >= 1:
         return keep
-    iou = box_iou(boxes, boxes)
-    kept: dict[int, list[int]] = {}
+    scale = _map_scale(probability, input_size)
+    covered: dict[int, np.ndarray] = {}
     for index in np.argsort(-np.asarray(priority), kind="stable"):
-        members = kept.setdefault(int(labels[index]), [])
-        if any(iou[index, other] > member_iou for other in members):
+        x1, y1, x2, y2 = (max(round(float(v)), 0) for v in boxes[index] / scale)
+        taken = covered.setdefault(int(labels[index]), np.zeros(probability.shape, dtype=bool))
+        mass = probability[y1:y2, x1:x2].astype(np.float64)
+        total = float(mass.sum())
+        if total > 0 and float(mass[taken[y1:y2, x1:x2]].sum()) > member_overlap * total:
             keep[index] = False
         else:
-            members.append(int(index))
+            taken[y1:y2, x1:x2] = True
     return keep
 
 
-def group_instances(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    vectors: np.ndarray,
-    distance_threshold: float,
-    member_iou: float = 1.0,
-    priority: np.ndarray | None = None,
-) -> Grouping:
-    """Cluster instances by their unit vectors and drop duplicate members (:func:`distinct_members`, best
-    ``priority`` kept, by default the score); clusters of two or more are groups (most cohesive first, members by
-    score), the rest singletons (by score)."""
-    labels = cluster(vectors, distance_threshold)
-    keep = distinct_members(scores if priority is None else priority, boxes, labels, member_iou)
-    boxes, scores, vectors, labels = boxes[keep], np.asarray(scores)[keep], vectors[keep], labels[keep]
+def group_instances(boxes: np.ndarray, scores: np.ndarray, vectors: np.ndarray, labels: np.ndarray) -> Grouping:
+    """Instances by cluster ``labels`` (:func:`cluster`): clusters of two or more are groups (most cohesive first,
+    members by score), the rest singletons (by score)."""
     instances = [Instance(b, float(s), v) for b, s, v in zip(boxes, scores, vectors, strict=True)]
     groups, cohesion, singletons = [], [], []
     for label in np.unique(labels):
@@ -352,6 +354,22 @@ def group_instances(
     )
 
 
+def group_proposals(
+    probability: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    vectors: np.ndarray,
+    spec: GroupingSpec,
+    input_size: int,
+) -> Grouping:
+    """Group proposed instances by their unit vectors: :func:`cluster` at ``spec.distance_threshold``,
+    :func:`distinct_members` (best :func:`box_fit` first) at ``spec.member_overlap``, :func:`group_instances`."""
+    labels = cluster(vectors, spec.distance_threshold)
+    fit = box_fit(probability, boxes, input_size)
+    keep = distinct_members(fit, boxes, labels, probability, input_size, spec.member_overlap)
+    return group_instances(boxes[keep], np.asarray(scores)[keep], vectors[keep], labels[keep])
+
+
 def find_groups(
     outputs: Mapping[str, np.ndarray],
     embed: Callable[[np.ndarray], np.ndarray],
@@ -359,7 +377,7 @@ def find_groups(
     region: RegionHeadSpec,
     input_size: int,
 ) -> Grouping:
-    """Group one image's instances: :func:`propose`, :func:`instance_vectors`, :func:`group_instances`.
+    """Group one image's instances: :func:`propose`, :func:`instance_vectors`, :func:`group_proposals`.
 
     Args:
         outputs: the image's :func:`image_outputs`.
@@ -369,8 +387,7 @@ def find_groups(
     """
     boxes, scores = propose(outputs["probability"], outputs["boxes"], outputs["scores"], spec, input_size)
     vectors = instance_vectors(outputs, boxes, embed, spec, region, input_size)
-    fit = box_fit(outputs["probability"], boxes, input_size)
-    return group_instances(boxes, scores, vectors, spec.distance_threshold, spec.member_iou, fit)
+    return group_proposals(outputs["probability"], boxes, scores, vectors, spec, input_size)
 
 
 def image_outputs(outputs: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:

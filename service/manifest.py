@@ -110,9 +110,9 @@ class GroupingSpec(_Strict):
     vectors: Literal["learned", "appearance"] = "learned"
     max_instances: int = Field(ge=1)
     distance_threshold: float = Field(gt=0, le=2)  # cosine distance below which clusters merge
-    # a group member whose box overlaps a higher-scored member of its group above this IoU is a duplicate of it and
-    # is dropped (1 keeps every member: bundles exported before this field)
-    member_iou: float = Field(default=1.0, gt=0, le=1)
+    # a group member with more than this share of the map's mass inside its box lying inside better-fitting members'
+    # boxes is a duplicate and is dropped (1 keeps every member: bundles exported before this field)
+    member_overlap: float = Field(default=1.0, ge=0, le=1)
     mask_threshold: float = Field(gt=0, lt=1)  # probability that counts as foreground (member masks, components)
     min_area_fraction: float = Field(ge=0, lt=1)  # smallest component, as a fraction of the map
     selected_on: str = ""  # the validation scenes and what was measured there

@@ -50,7 +50,7 @@ from service.grouping import (
     cosaliency_map,
     cut_linkage,
     distinct_members,
-    group_instances,
+    group_proposals,
     image_outputs,
     instance_vectors,
     propose,
@@ -69,9 +69,9 @@ MIN_SCORES = (0.05, 0.1, 0.2, 0.3, 0.5)
 # An RPN box must hold co-salient pixels (no zero: two boxes on plain background embed alike and would form a group)
 MIN_MAPS = (0.1, 0.25)
 NMS_IOUS = (0.3, 0.5)
-# Within a group, a member overlapping a better-fitting one above this IoU is its duplicate (1: none dropped). The
-# composed scenes' copies overlap each other by IoU < 0.3 (training.cosal_data), the RPN's duplicates by more.
-MEMBER_IOUS = (1.0, 0.3, 0.2, 0.1, 0.05)
+# A group member with more than this share of its map mass inside better-fitting members' boxes is a duplicate
+# (1: none dropped). A composed scene's copy hides at most 35 % of another (training.cosal_data.MAX_OVERLAP).
+MEMBER_OVERLAPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 MASK_THRESHOLD = 0.5
 MIN_AREA_FRACTION = 0.002
 MAX_INSTANCES = 12
@@ -224,11 +224,11 @@ def calibrate(
 
     Each source's proposal settings are tried on every scene once, with each of ``vector_kinds``; the clustering
     threshold is swept by cutting one average-linkage agglomeration per scene, and each cut is scored with each of
-    :data:`MEMBER_IOUS`.
+    :data:`MEMBER_OVERLAPS`.
     """
     kinds = list(vector_kinds)
     best: dict[str, tuple[float, GroupingSpec]] = {}
-    shape = (len(kinds), len(DISTANCE_THRESHOLDS), len(MEMBER_IOUS))
+    shape = (len(kinds), len(DISTANCE_THRESHOLDS), len(MEMBER_OVERLAPS))
     for proposal_spec in _candidate_specs(proposals):
         candidates = [proposal_spec.model_copy(update={"vectors": kind}) for kind in kinds]
         found, exact, ari = np.zeros(shape), np.zeros(shape), np.zeros(shape)
@@ -244,8 +244,8 @@ def calibrate(
                     labels = cut_linkage(merges, len(boxes), distance)
                     if previous is None or not np.array_equal(labels, previous):  # most cuts repeat the one before
                         scores = []
-                        for member_iou in MEMBER_IOUS:
-                            keep = distinct_members(fit, boxes, labels, member_iou)
+                        for overlap in MEMBER_OVERLAPS:
+                            keep = distinct_members(fit, boxes, labels, o["probability"], input_size, overlap)
                             scores.append(
                                 score_scene(
                                     scene.boxes, scene.groups, scene.cosalient_group, pixels[keep], labels[keep]
@@ -262,7 +262,11 @@ def calibrate(
             rates = [float(total[k, t, m]) / len(scenes) for total in (found, exact, ari)]
             note = f"{label}: group found {rates[0]:.3f} (exactly {rates[1]:.3f}), ARI {rates[2]:.3f}"
             note += f" on {len(scenes)} scenes"
-            update = {"distance_threshold": DISTANCE_THRESHOLDS[t], "member_iou": MEMBER_IOUS[m], "selected_on": note}
+            update = {
+                "distance_threshold": DISTANCE_THRESHOLDS[t],
+                "member_overlap": MEMBER_OVERLAPS[m],
+                "selected_on": note,
+            }
             best[proposal_spec.proposals] = (float(objective[k, t, m]), candidates[k].model_copy(update=update))
     return {mode: spec for mode, (_, spec) in best.items()}
 
@@ -288,10 +292,7 @@ def evaluate(
     for index, (scene, out) in enumerate(zip(scenes, outputs, strict=True)):
         o = out.outputs
         boxes, scores = propose(o["probability"], o["boxes"], o["scores"], spec, input_size)
-        fit = box_fit(o["probability"], boxes, input_size)
-        grouping = group_instances(
-            boxes, scores, vectors(out, boxes, spec), spec.distance_threshold, spec.member_iou, fit
-        )
+        grouping = group_proposals(o["probability"], boxes, scores, vectors(out, boxes, spec), spec, input_size)
         pred_boxes, labels = _labels(grouping)
         pixels = _scene_pixels(pred_boxes, scene, input_size)
         score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
@@ -381,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         "scenes": str(args.scenes),
         "count": len(test),
         "shipped": evaluate(test, test_out, learned, shipped, size),
-        # the shipped settings keeping every member, duplicates of a copy included (what member_iou changes)
-        "every_member": evaluate(test, test_out, learned, shipped.model_copy(update={"member_iou": 1.0}), size),
+        # the shipped settings keeping every member, duplicates of a copy included (what member_overlap changes)
+        "every_member": evaluate(test, test_out, learned, shipped.model_copy(update={"member_overlap": 1.0}), size),
         "decoder_map": map_scores(test, (o.outputs["probability"] for o in test_out)),
         "proposals": {mode: evaluate(test, test_out, learned, spec, size) for mode, spec in per_source.items()},
         "vectors": {

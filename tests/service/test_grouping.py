@@ -15,6 +15,7 @@ from service.grouping import (
     cluster,
     component_boxes,
     cosaliency_map,
+    distinct_members,
     group_instances,
     image_box,
     instance_vectors,
@@ -89,7 +90,7 @@ def test_groups_are_two_or_more_most_cohesive_first_and_the_rest_singletons() ->
     vectors = _unit((1, 0, 0), (0.99, 0.14, 0), (0, 1, 0), (0.05, 0.999, 0), (0, 0, 1)).astype(np.float32)
     boxes = np.arange(20, dtype=np.float32).reshape(5, 4)
     scores = np.asarray([0.6, 0.9, 0.7, 0.8, 0.95], np.float32)
-    grouping = group_instances(boxes, scores, vectors, 0.1)
+    grouping = group_instances(boxes, scores, vectors, cluster(vectors, 0.1))
     assert [[float(m.score) for m in g] for g in grouping.groups] == [
         pytest.approx([0.8, 0.7]),  # pair 2-3 is tighter than pair 0-1
         pytest.approx([0.9, 0.6]),  # members by score
@@ -107,18 +108,22 @@ def test_box_fit_is_the_soft_iou_with_the_map_around_the_box_by_hand() -> None:
     assert box_fit(probability, boxes, 40) == pytest.approx([1.0, 1 / 3, 0.25])
 
 
-def test_a_duplicate_member_is_dropped_for_the_better_fitting_box_other_clusters_untouched() -> None:
-    vectors = _unit((1, 0), (0.99, 0.1), (1, 0.02), (0, 1), (0.05, 1)).astype(np.float32)
+def test_a_duplicate_is_dropped_for_the_better_fitting_box_and_a_partly_hidden_copy_stays() -> None:
+    probability = np.zeros((40, 40))
+    probability[2:10, 2:10] = 1.0  # copy A; input 80 px, 2 px per map px
+    probability[6:14, 8:16] = 1.0  # copy B over A's corner: 8 of its 64 px inside A's box
+    probability[30:36, 30:36] = 1.0  # C, another kind
     boxes = np.asarray(
-        [[0, 0, 40, 40], [4, 0, 44, 40], [100, 0, 140, 40], [0, 100, 40, 140], [2, 100, 42, 140]], np.float32
-    )  # 0-1 overlap (IoU 0.82) in one cluster with 2; 3-4 overlap in another
-    scores = np.asarray([0.9, 0.5, 0.8, 0.7, 0.6], np.float32)
-    fit = np.asarray([0.4, 0.9, 0.8, 0.7, 0.6])
-    kept = group_instances(boxes, scores, vectors, 0.1, member_iou=0.5, priority=fit)
-    assert [sorted(float(m.score) for m in g) for g in kept.groups] == [pytest.approx([0.5, 0.8])]
-    assert [float(m.score) for m in kept.singletons] == pytest.approx([0.7])  # its duplicate went: alone now
-    every = group_instances(boxes, scores, vectors, 0.1)  # member_iou 1 keeps all
-    assert sorted(len(g) for g in every.groups) == [2, 3]
+        [[4, 4, 20, 20], [16, 12, 32, 28], [0, 4, 20, 24], [60, 60, 72, 72], [62, 60, 74, 72]], np.float64
+    )  # A, B, a loose box on A, C, C shifted
+    labels = np.asarray([0, 0, 0, 1, 1])
+    fit = np.asarray([0.9, 0.8, 0.5, 0.7, 0.6])
+    kept = distinct_members(fit, boxes, labels, probability, 80, 0.6)
+    assert kept.tolist() == [True, True, False, True, False]
+    assert distinct_members(fit, boxes, labels, probability, 80, 1.0).all()
+    # B is no duplicate of A: only 8 / 64 = 0.125 of its mass lies inside A's box
+    assert distinct_members(fit, boxes, labels, probability, 80, 0.2).tolist() == [True, True, False, True, False]
+    assert not distinct_members(fit, boxes, labels, probability, 80, 0.1)[1]
 
 
 def test_image_boxes_cover_the_box_with_exclusive_ends_inside_the_image() -> None:
@@ -131,7 +136,7 @@ def test_image_boxes_cover_the_box_with_exclusive_ends_inside_the_image() -> Non
 def test_cosaliency_map_keeps_the_map_only_inside_group_boxes() -> None:
     vectors = _unit((1, 0), (1, 0.01), (0, 1)).astype(np.float32)
     boxes = np.asarray([[0, 0, 40, 40], [80, 80, 120, 120], [0, 100, 60, 160]], np.float32)
-    grouping = group_instances(boxes, np.ones(3, np.float32), vectors, 0.2)
+    grouping = group_instances(boxes, np.ones(3, np.float32), vectors, cluster(vectors, 0.2))
     probability = np.full((16, 16), 200, np.uint8)  # a 160 px input seen at a tenth
     cosal = cosaliency_map(probability, grouping, 160)
     assert cosal.dtype == np.uint8
