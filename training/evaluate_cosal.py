@@ -7,11 +7,13 @@ Runs the bundle through ONNX Runtime and the service's own grouping (``service/g
 what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
 
 - ``shipped``: the bundle's grouping settings (from its manifest): ``group_found`` (share of scenes where a predicted
-  group holds ≥ 2 true group members and no distractor, box IoU ≥ 0.5), ``ari`` (mean adjusted Rand index over each
-  scene's true instances), ``max_f`` / ``mae`` of the co-saliency map (the map inside the groups' boxes; only group
+  group holds ≥ 2 true group members and no distractor, box IoU ≥ 0.5), ``group_found_exactly`` (such a group whose
+  every member is a distinct true copy: no duplicate box, no box on nothing), ``ari`` (mean adjusted Rand index over
+  each scene's true instances), ``max_f`` / ``mae`` of the co-saliency map (the map inside the groups' boxes; only group
   members are foreground), ``instances`` (mean predicted instances per scene), ``instance_recall`` (share of true
   instances some predicted instance matches at box IoU ≥ 0.5) and ``instance_precision`` (share of predicted
   instances that match a true one);
+- ``every_member``: the shipped settings with no member dropped as a duplicate (``member_overlap`` 1);
 - ``decoder_map``: max F / MAE of the network's co-saliency map before grouping;
 - ``proposals``: each instance source (RPN boxes after NMS, connected components of the map, both), each with its
   settings chosen on ``--val-scenes``;
