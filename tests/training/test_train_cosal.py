@@ -138,7 +138,13 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     assert {o.kind for o in manifest.outputs} == {"saliency", "embedding", "boxes", "scores", "appearance"}
     assert manifest.regions is not None and manifest.grouping is not None
     assert manifest.grouping.proposals == report["grouping"]["chosen"]
-    assert set(manifest.variants["fp32"].accuracy[f"cosal_val:{val.name}"]) == {"group_found", "ari", "max_f", "mae"}
+    assert set(manifest.variants["fp32"].accuracy[f"cosal_val:{val.name}"]) == {
+        "group_found",
+        "group_found_exactly",
+        "ari",
+        "max_f",
+        "mae",
+    }
 
     capsys.readouterr()
     assert evaluate_main(["--bundle", str(out), "--scenes", str(val), "--val-scenes", str(val), "--no-progress"]) == 0
