@@ -291,9 +291,9 @@ def box_fit(probability: np.ndarray, boxes: np.ndarray, input_size: int) -> np.n
     height, width = probability.shape
     fits = []
     for box in np.asarray(boxes, dtype=np.float64) / scale:
-        x1, y1, x2, y2 = (round(float(v)) for v in box)
+        x1, y1, x2, y2 = (max(round(float(v)), 0) for v in box)  # never negative: a slice would wrap around
         half_w, half_h = (x2 - x1) // 2, (y2 - y1) // 2
-        inside = float(probability[max(y1, 0) : y2, max(x1, 0) : x2].sum())
+        inside = float(probability[y1:y2, x1:x2].sum())
         grown = probability[
             max(y1 - half_h, 0) : min(y2 + half_h, height), max(x1 - half_w, 0) : min(x2 + half_w, width)
         ]
