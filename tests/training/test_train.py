@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from training.config import ConfigError, DatasetSpec, TrainConfig
-from training.train import append_log_row, build_dataset, learning_rate_factor, train
+from training.train import append_log_row, build_dataset, cpu_lacks_native_bf16, learning_rate_factor, train
 from training.train import main as train_main
 from training.transforms import EvalTransform, Preprocess
 
@@ -187,3 +187,12 @@ def test_repeat_lists_a_set_that_many_times_and_must_be_a_positive_whole_number(
     for bad in (0, 1.5):
         with pytest.raises(ConfigError, match="repeat must be"):
             DatasetSpec(images="images", masks="masks", repeat=bad)
+
+
+def test_bf16_counts_as_emulated_only_on_a_cpu_whose_flags_lack_bfloat16_instructions() -> None:
+    epyc_avx2 = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu sse2 avx avx2 fma\n"
+    epyc_genoa = "flags\t\t: fpu avx2 avx512f avx512_vnni avx512_bf16\n"
+    sapphire_rapids = "flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n"
+    assert cpu_lacks_native_bf16(epyc_avx2)
+    assert not cpu_lacks_native_bf16(epyc_genoa) and not cpu_lacks_native_bf16(sapphire_rapids)
+    assert not cpu_lacks_native_bf16("Processor\t: AArch64\nFeatures\t: fp asimd bf16\n")  # no x86 flags: no claim
