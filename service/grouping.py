@@ -282,6 +282,11 @@ def instance_vectors(
     return region_vectors(outputs["features"], boxes, embed, region)
 
 
+def _map_cells(box: np.ndarray, scale: np.ndarray) -> tuple[int, ...]:
+    """A network-input box's corners in map pixels, rounded, never negative (a negative end would wrap a slice)."""
+    return tuple(max(round(float(v)), 0) for v in np.asarray(box, dtype=np.float64) / scale)
+
+
 def box_fit(probability: np.ndarray, boxes: np.ndarray, input_size: int) -> np.ndarray:
     """How well each ``[K, 4]`` box (network-input pixels) frames the salient mass around it ``[K]``: the soft IoU
     of the box with the ``[h, w]`` map inside the box grown by half its size on every side,
@@ -290,8 +295,8 @@ def box_fit(probability: np.ndarray, boxes: np.ndarray, input_size: int) -> np.n
     scale = _map_scale(probability, input_size)
     height, width = probability.shape
     fits = []
-    for box in np.asarray(boxes, dtype=np.float64) / scale:
-        x1, y1, x2, y2 = (max(round(float(v)), 0) for v in box)  # never negative: a slice would wrap around
+    for box in np.asarray(boxes, dtype=np.float64):
+        x1, y1, x2, y2 = _map_cells(box, scale)
         half_w, half_h = (x2 - x1) // 2, (y2 - y1) // 2
         inside = float(probability[y1:y2, x1:x2].sum())
         grown = probability[
@@ -320,7 +325,7 @@ def distinct_members(
     scale = _map_scale(probability, input_size)
     covered: dict[int, np.ndarray] = {}
     for index in np.argsort(-np.asarray(priority), kind="stable"):
-        x1, y1, x2, y2 = (max(round(float(v)), 0) for v in boxes[index] / scale)
+        x1, y1, x2, y2 = _map_cells(boxes[index], scale)
         taken = covered.setdefault(int(labels[index]), np.zeros(probability.shape, dtype=bool))
         mass = probability[y1:y2, x1:x2].astype(np.float64)
         total = float(mass.sum())

@@ -245,14 +245,13 @@ def calibrate(
                 for t, distance in enumerate(DISTANCE_THRESHOLDS):
                     labels = cut_linkage(merges, len(boxes), distance)
                     if previous is None or not np.array_equal(labels, previous):  # most cuts repeat the one before
-                        scores = []
-                        for overlap in MEMBER_OVERLAPS:
-                            keep = distinct_members(fit, boxes, labels, o["probability"], input_size, overlap)
-                            scores.append(
-                                score_scene(
-                                    scene.boxes, scene.groups, scene.cosalient_group, pixels[keep], labels[keep]
-                                )
+                        scores = [
+                            score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels[keep], labels[keep])
+                            for keep in (
+                                distinct_members(fit, boxes, labels, o["probability"], input_size, overlap)
+                                for overlap in MEMBER_OVERLAPS
                             )
+                        ]
                     previous = labels
                     for m, score in enumerate(scores):
                         found[k, t, m] += score.group_found
