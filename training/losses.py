@@ -25,12 +25,30 @@ def resize_target(target: Tensor, size: Sequence[int]) -> Tensor:
     )
 
 
-def soft_iou_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """``1 - (Σ p·g + 1) / (Σ (p + g - p·g) + 1)`` per image, averaged over the batch."""
+def soft_iou_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
+    """``1 - (Σ w·p·g + 1) / (Σ w·(p + g - p·g) + 1)`` per image, averaged over the batch (``w`` = 1 if not given)."""
     prob = torch.sigmoid(logits)
-    inter = (prob * target).sum(dim=(1, 2, 3))
-    union = (prob + target - prob * target).sum(dim=(1, 2, 3))
+    w = torch.ones_like(target) if weight is None else weight
+    inter = (w * prob * target).sum(dim=(1, 2, 3))
+    union = (w * (prob + target - prob * target)).sum(dim=(1, 2, 3))
     return (1 - (inter + 1) / (union + 1)).mean()
+
+
+BOUNDARY_WINDOW_FRACTION = 31 / 352  # F3Net's 31-pixel window on its 352-pixel maps
+
+
+def boundary_pixel_weight(target: Tensor, boundary_weight: float) -> Tensor:
+    """F3Net's pixel weight ``1 + λ·|avgpool(g) − g|``: pixels near object borders (where the local mean differs from
+    the pixel) count up to ``1 + λ`` times; the window keeps F3Net's size relative to the map (31 px at 352)."""
+    side = round(BOUNDARY_WINDOW_FRACTION * target.shape[-1]) // 2 * 2 + 1
+    local_mean = F.avg_pool2d(target, side, stride=1, padding=side // 2, count_include_pad=False)
+    return 1 + boundary_weight * (local_mean - target).abs()
+
+
+def weighted_bce_with_logits(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """``Σ w·BCE / Σ w`` per image, averaged over the batch (plain mean BCE when ``w`` is constant)."""
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return ((weight * bce).sum(dim=(1, 2, 3)) / weight.sum(dim=(1, 2, 3))).mean()
 
 
 def values_at_global_grid(x: Tensor, geometry: AttentionGeometry) -> Tensor:
@@ -89,6 +107,7 @@ def picanet_loss(
     side_weights: Sequence[float] = PICANET_SIDE_WEIGHTS,
     ga_weight: float = PICANET_GA_WEIGHT,
     iou_weight: float = 0.0,
+    boundary_weight: float = 0.0,
     fixation_map: Tensor | None = None,
     fixation_weight: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -96,6 +115,9 @@ def picanet_loss(
 
     ``iou_weight > 0`` adds a soft-IoU term to every side output, weighted by the same γ^i (a deviation for
     training from scratch: it counters the foreground/background imbalance that BCE alone leaves).
+
+    ``boundary_weight > 0`` weights both terms per pixel by ``boundary_pixel_weight`` (F3Net's structure loss, not in
+    PiCANet): errors near object borders, where soft, blurred maps cost MAE, count more.
 
     ``fixation_weight > 0`` with a ``fixation_map`` adds ``fixation_weight × KL(P_fix ‖ received)``: the human
     fixation density over the GAP grid cells against the attention each cell receives (the map ``outputs=attention``
@@ -114,9 +136,10 @@ def picanet_loss(
     for weight, logits in zip(side_weights, sides, strict=True):
         g = resize_target(target, logits.shape[-2:])
         logits = logits.float()
-        bce_sum = bce_sum + weight * F.binary_cross_entropy_with_logits(logits, g)
+        pixel_weight = boundary_pixel_weight(g, boundary_weight) if boundary_weight else torch.ones_like(g)
+        bce_sum = bce_sum + weight * weighted_bce_with_logits(logits, g, pixel_weight)
         if iou_weight:
-            iou_sum = iou_sum + weight * soft_iou_loss(logits, g)
+            iou_sum = iou_sum + weight * soft_iou_loss(logits, g, pixel_weight)
     total = bce_sum + iou_weight * iou_sum
     parts["bce"] = float(bce_sum.detach())
     if iou_weight:

@@ -80,6 +80,35 @@ def test_picanet_loss_hand_case() -> None:
         picanet_loss(output, _t(TARGET), geometry, side_weights=(1.0,))
 
 
+def test_picanet_boundary_weighted_terms_hand_case() -> None:
+    # A 23×23 map: F3Net's window scaled to it is round(31/352 · 23) = 2 → 3×3 (odd), means over the pixels inside
+    # the map. w = 1 + 5·|local mean − g| weights the BCE (Σ w·bce / Σ w) and the IoU (Σ w·p·g, Σ w·(p + g − p·g)).
+    rng = np.random.default_rng(3)
+    size = 23
+    logits = rng.normal(size=(size, size))
+    target = np.zeros((size, size))
+    target[4:15, 6:20] = 1
+    weight = np.empty_like(target)
+    for y in range(size):
+        for x in range(size):
+            window = target[max(y - 1, 0) : y + 2, max(x - 1, 0) : x + 2]
+            weight[y, x] = 1 + 5 * abs(window.mean() - target[y, x])
+    assert weight.max() > 1 and weight.min() == 1  # border pixels weigh more, the interior and far background 1
+    p = _sigmoid(logits)
+    bce = -(target * np.log(p) + (1 - target) * np.log(1 - p))
+    expected_bce = float((weight * bce).sum() / weight.sum())
+    inter, union = (weight * p * target).sum(), (weight * (p + target - p * target)).sum()
+    expected_iou = float(1 - (inter + 1) / (union + 1))
+    output = ModelOutput(saliency=[_t(logits)], attention={})
+    _, parts = picanet_loss(
+        output, _t(target), [], side_weights=(1.0,), ga_weight=0.0, iou_weight=1.0, boundary_weight=5.0
+    )
+    assert parts["bce"] == pytest.approx(expected_bce, rel=1e-6)
+    assert parts["iou"] == pytest.approx(expected_iou, rel=1e-6)
+    _, plain = picanet_loss(output, _t(target), [], side_weights=(1.0,), ga_weight=0.0, iou_weight=1.0)
+    assert plain["bce"] == pytest.approx(float(bce.mean()), rel=1e-6) != parts["bce"]
+
+
 def test_picanet_fixation_term_hand_case() -> None:
     # GAP map 4×4, K = 2, dilation 2, offset 0: the cells are pixels (0,0), (0,2), (2,0), (2,2). Fixation counts
     # on an 8×8 image pool (2×2 areas) to the 4×4 map; read at the cells they are (2/4, 0, 1/4, 1/4) → q = (1/2, 0,
