@@ -3,9 +3,12 @@
 The bundle's graph gives, per image, a co-saliency probability map, the RPN's decoded boxes with their objectness
 and the feature-sensitive features ``R``. Grouping then:
 
-1. cuts instances: the RPN's boxes above ``min_score`` whose mean map probability reaches ``min_map``, after NMS
-   (``proposals: rpn``), the connected components
-   of the map above ``mask_threshold`` (``proposals: components``), or both (their union after NMS);
+1. cuts instances: the RPN's boxes scoring at least ``min_score`` whose mean map probability reaches ``min_map``,
+   after NMS (``proposals: rpn``; the score is the objectness, or with ``rpn_score: objectness_fit`` the objectness
+   times :func:`box_fit`: the RPN's objectness alone misses many true boxes), the connected components
+   of the map above ``mask_threshold`` (``proposals: components``), or both (their union after NMS; with
+   ``split_components`` a component holding two or more RPN boxes gives way to them: touching objects merge in the
+   map);
 2. gives each instance a unit vector: its box pooled on ``R`` with RoIAlign (same semantics as
    ``models/roi_align.py``) and mapped by the bundle's regional feature mapping head (a second small ONNX graph,
    passed in as ``embed``; ``vectors: learned``, the paper's), or the bundle's frozen encoder features averaged
@@ -31,6 +34,8 @@ import numpy as np
 from service.imaging import resize_map
 from service.manifest import BundleError, GroupingSpec, Manifest, RegionHeadSpec
 
+# The share of an RPN box's area inside a connected component's box for the box to count as one of its objects
+CONTAINED = 0.8
 # Added to the map's weights inside a box, so a box the map leaves dark (a distractor) is described by its plain mean
 APPEARANCE_WEIGHT_FLOOR = 1e-3
 
@@ -199,6 +204,10 @@ def _rpn_instances(
         scale = _map_scale(probability, input_size)
         salient = np.asarray([_mean_inside(probability, box / scale) >= spec.min_map for box in boxes], dtype=bool)
         boxes, scores = boxes[salient], scores[salient]
+    if spec.rpn_score == "objectness_fit":
+        scores = (scores * box_fit(probability, boxes, input_size)).astype(np.float32)
+        framing = scores >= spec.min_score
+        boxes, scores = boxes[framing], scores[framing]
     keep = nms(boxes, scores, spec.nms_iou)[: spec.max_instances]
     return boxes[keep], scores[keep]
 
@@ -214,7 +223,7 @@ def propose(
     probability: np.ndarray, boxes: np.ndarray, scores: np.ndarray, spec: GroupingSpec, input_size: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Instance boxes ``[N,4]`` (network-input pixels) and scores ``[N]``, per ``spec.proposals``: the RPN's boxes
-    (objectness ≥ ``min_score``, mean map probability inside ≥ ``min_map``, NMS), the map's connected components
+    (score ≥ ``min_score``, mean map probability inside ≥ ``min_map``, NMS), the map's connected components
     (score: mean probability inside), or ``both``: their union after NMS, components first (they follow the map's
     object outlines; the RPN adds what the map leaves dark or merges)."""
     if spec.proposals == "rpn":
@@ -223,11 +232,46 @@ def propose(
     if spec.proposals == "components":
         return components
     rpn = _rpn_instances(probability, boxes, scores, spec, input_size)
-    union = np.concatenate([components[0], rpn[0]]).reshape(-1, 4)
-    union_scores = np.concatenate([components[1], rpn[1]])
-    priority = np.concatenate([np.ones(len(components[0])), np.zeros(len(rpn[0]))]) * 2 + union_scores
+    first = split_components(*components, *rpn) if spec.split_components else components
+    rest = _not_in(rpn, first[0])
+    union = np.concatenate([first[0], rest[0]]).reshape(-1, 4)
+    union_scores = np.concatenate([first[1], rest[1]])
+    priority = np.concatenate([np.ones(len(first[0])), np.zeros(len(rest[0]))]) * 2 + union_scores
     keep = nms(union, priority, spec.nms_iou)[: spec.max_instances]
     return union[keep], union_scores[keep]
+
+
+def split_components(
+    component_boxes: np.ndarray, component_scores: np.ndarray, rpn_boxes: np.ndarray, rpn_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each component box that holds two or more RPN boxes (at least :data:`CONTAINED` of each box's area inside it)
+    replaced by those boxes: touching objects merge into one connected component of the map, while the RPN still
+    frames them one by one. Boxes and scores in, boxes and scores out (components' order kept)."""
+    boxes, scores = [], []
+    for box, score in zip(component_boxes, component_scores, strict=True):
+        inside = _contained(rpn_boxes, box) >= CONTAINED
+        if int(inside.sum()) >= 2:
+            boxes.extend(rpn_boxes[inside])
+            scores.extend(rpn_scores[inside])
+        else:
+            boxes.append(box)
+            scores.append(score)
+    return np.asarray(boxes, dtype=np.float32).reshape(-1, 4), np.asarray(scores, dtype=np.float32)
+
+
+def _contained(boxes: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """The share of each box's area ``[N]`` that lies inside ``outer``."""
+    width = np.clip(np.minimum(boxes[:, 2], outer[2]) - np.maximum(boxes[:, 0], outer[0]), 0, None)
+    height = np.clip(np.minimum(boxes[:, 3], outer[3]) - np.maximum(boxes[:, 1], outer[1]), 0, None)
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    return width * height / np.maximum(areas, 1e-12)
+
+
+def _not_in(instances: tuple[np.ndarray, np.ndarray], taken: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The instances whose box is not one of ``taken`` (boxes already placed by :func:`split_components`)."""
+    boxes, scores = instances
+    fresh = np.asarray([not np.any(np.all(taken == box, axis=1)) for box in boxes], dtype=bool).reshape(-1)
+    return boxes[fresh], scores[fresh]
 
 
 def _mean_inside(probability: np.ndarray, box: np.ndarray) -> float:

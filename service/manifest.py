@@ -100,7 +100,10 @@ class GroupingSpec(_Strict):
     """How the service cuts instances and clusters them (``service/grouping.py``); chosen on validation scenes."""
 
     proposals: Literal["rpn", "components", "both"]
-    min_score: float = Field(ge=0, le=1)  # RPN objectness probability an instance needs
+    min_score: float = Field(ge=0, le=1)  # RPN score (below) an instance needs
+    # an RPN box's score: its objectness probability, or that times how well the box frames the map around it
+    # (service.grouping.box_fit): the objectness alone ranks many true boxes low ("objectness" in older bundles)
+    rpn_score: Literal["objectness", "objectness_fit"] = "objectness"
     # mean co-saliency probability an RPN box needs inside it: a box on plain background is no instance, however
     # alike two such boxes look (0 in bundles exported before this field)
     min_map: float = Field(default=0.0, ge=0, le=1)
@@ -113,6 +116,9 @@ class GroupingSpec(_Strict):
     # a group member with more than this share of the map's mass inside its box lying inside better-fitting members'
     # boxes is a duplicate and is dropped (1 keeps every member: bundles exported before this field)
     member_overlap: float = Field(default=1.0, ge=0, le=1)
+    # with proposals "both": a connected component holding two or more RPN boxes is replaced by them (touching objects
+    # form one component); False in bundles exported before this field
+    split_components: bool = False
     mask_threshold: float = Field(gt=0, lt=1)  # probability that counts as foreground (member masks, components)
     min_area_fraction: float = Field(ge=0, lt=1)  # smallest component, as a fraction of the map
     selected_on: str = ""  # the validation scenes and what was measured there

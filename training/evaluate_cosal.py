@@ -14,6 +14,10 @@ what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
   instances some predicted instance matches at box IoU ≥ 0.5) and ``instance_precision`` (share of predicted
   instances that match a true one);
 - ``every_member``: the shipped settings with no member dropped as a duplicate (``member_overlap`` 1);
+- ``whole_components`` (shipped instance source ``both``): the shipped settings with no connected component split
+  into the RPN boxes inside it (``split_components`` off);
+- ``rpn_scores`` (shipped source ``rpn`` or ``both``): the RPN's boxes scored by objectness alone and by objectness
+  × box fit, each with its settings chosen on ``--val-scenes``;
 - ``decoder_map``: max F / MAE of the network's co-saliency map before grouping;
 - ``proposals``: each instance source (RPN boxes after NMS, connected components of the map, both), each with its
   settings chosen on ``--val-scenes``;
@@ -68,6 +72,10 @@ DISTANCE_THRESHOLDS = tuple(round(float(t), 3) for t in np.arange(0.05, 1.001, 0
 # The RPN, trained against 3 hard negatives per positive, scores low (cosal_effl0_anchors32 on 100 validation scenes:
 # median anchor 0.10, 1 in 1,000 above 0.42), so the grid reaches down to 0.05; max_instances bounds the boxes kept.
 MIN_SCORES = (0.05, 0.1, 0.2, 0.3, 0.5)
+# Scores of rpn_score "objectness_fit" (objectness × box fit) run lower: the focal bundle's 300 validation scenes
+# found most copies between 0.03 and 0.1
+FIT_MIN_SCORES = (0.03, 0.06, 0.1, 0.15)
+FIT_MIN_MAP = 0.1  # box fit already leaves out boxes on plain background; one floor for them keeps the grid small
 # An RPN box must hold co-salient pixels (no zero: two boxes on plain background embed alike and would form a group)
 MIN_MAPS = (0.1, 0.25)
 NMS_IOUS = (0.3, 0.5)
@@ -197,13 +205,23 @@ def _base_spec(
     )
 
 
-def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
+def _candidate_specs(proposals: Iterable[str], rpn_scores: Iterable[str]) -> list[GroupingSpec]:
     specs = []
     for mode in proposals:
         if mode == "components":
             specs.append(_base_spec("components", 0.0, 0.0, 0.5, 1.0, ""))
-        else:
-            specs += [_base_spec(mode, s, m, n, 1.0, "") for s in MIN_SCORES for m in MIN_MAPS for n in NMS_IOUS]
+            continue
+        rpn = []
+        if "objectness" in rpn_scores:
+            rpn += [_base_spec(mode, s, m, n, 1.0, "") for s in MIN_SCORES for m in MIN_MAPS for n in NMS_IOUS]
+        if "objectness_fit" in rpn_scores:
+            rpn += [
+                _base_spec(mode, s, FIT_MIN_MAP, n, 1.0, "").model_copy(update={"rpn_score": "objectness_fit"})
+                for s in FIT_MIN_SCORES
+                for n in NMS_IOUS
+            ]
+        splits = (False, True) if mode == "both" else (False,)
+        specs += [spec.model_copy(update={"split_components": split}) for spec in rpn for split in splits]
     return specs
 
 
@@ -221,17 +239,19 @@ def calibrate(
     proposals: Iterable[str] = ("rpn", "components", "both"),
     label: str = "",
     vector_kinds: Iterable[str] = ("learned",),
+    rpn_scores: Iterable[str] = ("objectness", "objectness_fit"),
 ) -> dict[str, GroupingSpec]:
     """The best settings per instance source on these (validation) scenes, by :func:`grouping_objective`.
 
-    Each source's proposal settings are tried on every scene once, with each of ``vector_kinds``; the clustering
+    Each source's proposal settings (with each of ``rpn_scores``; ``both`` with and without ``split_components``) are
+    tried on every scene once, with each of ``vector_kinds``; the clustering
     threshold is swept by cutting one average-linkage agglomeration per scene, and each cut is scored with each of
     :data:`MEMBER_OVERLAPS`.
     """
     kinds = list(vector_kinds)
     best: dict[str, tuple[float, GroupingSpec]] = {}
     shape = (len(kinds), len(DISTANCE_THRESHOLDS), len(MEMBER_OVERLAPS))
-    for proposal_spec in _candidate_specs(proposals):
+    for proposal_spec in _candidate_specs(proposals, tuple(rpn_scores)):
         candidates = [proposal_spec.model_copy(update={"vectors": kind}) for kind in kinds]
         found, exact, ari = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         for scene, out in zip(scenes, outputs, strict=True):
@@ -396,6 +416,20 @@ def main(argv: list[str] | None = None) -> int:
         },
         "baselines": {"colour_histogram": colour_row},
     }
+    if shipped.proposals != "components":
+        # how the RPN's boxes are scored (objectness alone, or times box fit), each with its settings chosen on
+        # --val-scenes for the shipped instance source and vectors
+        result["rpn_scores"] = {
+            kind: evaluate(test, test_out, learned, spec, size)
+            for kind in ("objectness", "objectness_fit")
+            for spec in calibrate(
+                val, val_out, learned, size, (shipped.proposals,), str(args.val_scenes), (shipped.vectors,), (kind,)
+            ).values()
+        }
+    if shipped.proposals == "both":
+        # the shipped settings with every connected component kept whole (what split_components changes)
+        whole = shipped.model_copy(update={"split_components": False})
+        result["whole_components"] = evaluate(test, test_out, learned, whole, size)
     if args.saliency_bundle:
         saliency = Engine(args.saliency_bundle, "auto", ["CPUExecutionProvider"], intra_op_threads=args.threads)
         saliency_maps = list(_saliency_maps(saliency, test))

@@ -23,6 +23,7 @@ from service.grouping import (
     nms,
     propose,
     roi_align,
+    split_components,
 )
 
 
@@ -162,6 +163,35 @@ def test_both_sources_merge_components_first_then_rpn_boxes_elsewhere() -> None:
     np.testing.assert_allclose(scores, [0.9, 0.9, 0.8])  # the component's score is the map's mean inside it
     only_rpn, _ = propose(probability, rpn_boxes, rpn_scores, spec.model_copy(update={"proposals": "rpn"}), 128)
     assert len(only_rpn) == 3 and only_rpn[0].tolist() == [15, 15, 49, 47]
+
+
+def test_a_component_over_touching_objects_is_split_into_the_rpn_boxes_inside_it() -> None:
+    from service.manifest import GroupingSpec
+
+    probability = np.zeros((32, 32), np.float32)
+    probability[4:12, 4:20] = 0.9  # two touching objects, one component: input box (16, 16, 80, 48) at 128 px
+    probability[20:28, 20:28] = 0.95  # a third object alone: input box (80, 80, 112, 112)
+    rpn_boxes = np.asarray([[16, 16, 48, 48], [46, 14, 82, 48], [82, 80, 112, 112], [0, 0, 8, 8]], np.float32)
+    rpn_scores = np.asarray([0.9, 0.8, 0.7, 0.6], np.float32)
+    # the second box has (80 - 46) · 32 of its 36 · 34 pixels inside the first component (0.89 ≥ 0.8); the third
+    # lies inside the second component alone, which stays whole; the last is inside neither
+    boxes, scores = split_components(
+        np.asarray([[16, 16, 80, 48], [80, 80, 112, 112]], np.float32), np.asarray([0.9, 0.95], np.float32),
+        rpn_boxes, rpn_scores,
+    )  # fmt: skip
+    np.testing.assert_allclose(boxes, [[16, 16, 48, 48], [46, 14, 82, 48], [80, 80, 112, 112]])
+    np.testing.assert_allclose(scores, [0.9, 0.8, 0.95])
+    spec = GroupingSpec(
+        proposals="both", min_score=0.5, nms_iou=0.5, max_instances=12, distance_threshold=0.3,
+        mask_threshold=0.5, min_area_fraction=0.01, split_components=True,
+    )  # fmt: skip
+    boxes, _ = propose(probability, rpn_boxes, rpn_scores, spec, 128)
+    # the whole component and the split boxes first (by score), then the RPN box elsewhere; the third RPN box is the
+    # second component's duplicate (IoU 0.94) and goes in NMS
+    np.testing.assert_allclose(boxes, [[80, 80, 112, 112], [16, 16, 48, 48], [46, 14, 82, 48], [0, 0, 8, 8]])
+    whole, _ = propose(probability, rpn_boxes, rpn_scores, spec.model_copy(update={"split_components": False}), 128)
+    # bundles exported before the field keep components whole (here the RPN boxes inside it stay too: IoU ≤ 0.5)
+    assert whole.tolist()[:2] == [[80, 80, 112, 112], [16, 16, 80, 48]] and len(whole) == 5
 
 
 def test_rpn_boxes_on_plain_background_are_no_instances_under_min_map() -> None:

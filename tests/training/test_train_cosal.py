@@ -153,5 +153,11 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     assert set(result["vectors"]) == {"learned", "appearance"}
     assert result["vectors"]["appearance"]["settings"]["vectors"] == "appearance"
     assert result["baselines"]["colour_histogram"]["settings"]["vectors"] == "colour_histogram"
+    if result["shipped"]["settings"]["proposals"] != "components":
+        assert {kind: row["settings"]["rpn_score"] for kind, row in result["rpn_scores"].items()} == {
+            "objectness": "objectness",
+            "objectness_fit": "objectness_fit",
+        }
+    assert ("whole_components" in result) == (result["shipped"]["settings"]["proposals"] == "both")
     for scores in (result["shipped"], result["baselines"]["colour_histogram"]):
         assert 0 <= scores["group_found"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["mae"] <= 1
