@@ -205,21 +205,18 @@ def _base_spec(
     )
 
 
-def _candidate_specs(proposals: Iterable[str], rpn_scores: Iterable[str]) -> list[GroupingSpec]:
+def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
     specs = []
     for mode in proposals:
         if mode == "components":
             specs.append(_base_spec("components", 0.0, 0.0, 0.5, 1.0, ""))
             continue
-        rpn = []
-        if "objectness" in rpn_scores:
-            rpn += [_base_spec(mode, s, m, n, 1.0, "") for s in MIN_SCORES for m in MIN_MAPS for n in NMS_IOUS]
-        if "objectness_fit" in rpn_scores:
-            rpn += [
-                _base_spec(mode, s, FIT_MIN_MAP, n, 1.0, "").model_copy(update={"rpn_score": "objectness_fit"})
-                for s in FIT_MIN_SCORES
-                for n in NMS_IOUS
-            ]
+        rpn = [_base_spec(mode, s, m, n, 1.0, "") for s in MIN_SCORES for m in MIN_MAPS for n in NMS_IOUS]
+        rpn += [
+            _base_spec(mode, s, FIT_MIN_MAP, n, 1.0, "").model_copy(update={"rpn_score": "objectness_fit"})
+            for s in FIT_MIN_SCORES
+            for n in NMS_IOUS
+        ]
         splits = (False, True) if mode == "both" else (False,)
         specs += [spec.model_copy(update={"split_components": split}) for spec in rpn for split in splits]
     return specs
@@ -231,7 +228,11 @@ def grouping_objective(scores: Mapping[str, Any]) -> Any:
     return scores["group_found"] + scores["group_found_exactly"] + scores["ari"]
 
 
-def calibrate(
+# The best settings found on validation scenes for each (instance source, vector kind, RPN score), with their objective
+Calibration = dict[tuple[str, str, str], tuple[float, GroupingSpec]]
+
+
+def calibrate_all(
     scenes: list[EvalScene],
     outputs: list[SceneOutputs],
     vectors: VectorFn,
@@ -239,19 +240,18 @@ def calibrate(
     proposals: Iterable[str] = ("rpn", "components", "both"),
     label: str = "",
     vector_kinds: Iterable[str] = ("learned",),
-    rpn_scores: Iterable[str] = ("objectness", "objectness_fit"),
-) -> dict[str, GroupingSpec]:
-    """The best settings per instance source on these (validation) scenes, by :func:`grouping_objective`.
+) -> Calibration:
+    """The best settings on these (validation) scenes, by :func:`grouping_objective`, for each instance source, vector
+    kind and RPN score (``rpn_score``; ``objectness`` for components).
 
-    Each source's proposal settings (with each of ``rpn_scores``; ``both`` with and without ``split_components``) are
-    tried on every scene once, with each of ``vector_kinds``; the clustering
-    threshold is swept by cutting one average-linkage agglomeration per scene, and each cut is scored with each of
-    :data:`MEMBER_OVERLAPS`.
+    Each source's proposal settings (``both`` with and without ``split_components``) are tried on every scene once,
+    with each of ``vector_kinds``; the clustering threshold is swept by cutting one average-linkage agglomeration per
+    scene, and each cut is scored with each of :data:`MEMBER_OVERLAPS`.
     """
     kinds = list(vector_kinds)
-    best: dict[str, tuple[float, GroupingSpec]] = {}
+    best: Calibration = {}
     shape = (len(kinds), len(DISTANCE_THRESHOLDS), len(MEMBER_OVERLAPS))
-    for proposal_spec in _candidate_specs(proposals, tuple(rpn_scores)):
+    for proposal_spec in _candidate_specs(proposals):
         candidates = [proposal_spec.model_copy(update={"vectors": kind}) for kind in kinds]
         found, exact, ari = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         for scene, out in zip(scenes, outputs, strict=True):
@@ -278,8 +278,11 @@ def calibrate(
                         exact[k, t, m] += score.group_exact
                         ari[k, t, m] += score.ari
         objective = grouping_objective({"group_found": found, "group_found_exactly": exact, "ari": ari}) / len(scenes)
-        k, t, m = np.unravel_index(int(np.argmax(objective)), objective.shape)
-        if proposal_spec.proposals not in best or objective[k, t, m] > best[proposal_spec.proposals][0]:
+        for k, candidate in enumerate(candidates):
+            t, m = np.unravel_index(int(np.argmax(objective[k])), objective[k].shape)
+            key = (candidate.proposals, candidate.vectors, candidate.rpn_score)
+            if key in best and objective[k, t, m] <= best[key][0]:
+                continue
             rates = [float(total[k, t, m]) / len(scenes) for total in (found, exact, ari)]
             note = f"{label}: group found {rates[0]:.3f} (exactly {rates[1]:.3f}), ARI {rates[2]:.3f}"
             note += f" on {len(scenes)} scenes"
@@ -288,8 +291,34 @@ def calibrate(
                 "member_overlap": MEMBER_OVERLAPS[m],
                 "selected_on": note,
             }
-            best[proposal_spec.proposals] = (float(objective[k, t, m]), candidates[k].model_copy(update=update))
-    return {mode: spec for mode, (_, spec) in best.items()}
+            best[key] = (float(objective[k, t, m]), candidate.model_copy(update=update))
+    return best
+
+
+def best_per(calibration: Calibration, field: str, **fixed: str) -> dict[str, GroupingSpec]:
+    """From :func:`calibrate_all`'s table, the best settings for each value of ``field`` (``proposals``, ``vectors``
+    or ``rpn_score``) among the entries whose other fields equal ``fixed``."""
+    best: dict[str, tuple[float, GroupingSpec]] = {}
+    for objective, spec in calibration.values():
+        if any(getattr(spec, name) != value for name, value in fixed.items()):
+            continue
+        value = getattr(spec, field)
+        if value not in best or objective > best[value][0]:
+            best[value] = (objective, spec)
+    return {value: spec for value, (_, spec) in best.items()}
+
+
+def calibrate(
+    scenes: list[EvalScene],
+    outputs: list[SceneOutputs],
+    vectors: VectorFn,
+    input_size: int,
+    proposals: Iterable[str] = ("rpn", "components", "both"),
+    label: str = "",
+    vector_kinds: Iterable[str] = ("learned",),
+) -> dict[str, GroupingSpec]:
+    """The best settings per instance source on these (validation) scenes (:func:`calibrate_all`)."""
+    return best_per(calibrate_all(scenes, outputs, vectors, input_size, proposals, label, vector_kinds), "proposals")
 
 
 def vector_kinds(manifest: Manifest) -> tuple[str, ...]:
@@ -391,9 +420,10 @@ def main(argv: list[str] | None = None) -> int:
     test_out = run_bundle(engine, test, progress)
     val_out = run_bundle(engine, val, progress)
     learned = service_vectors(engine)
-    per_source = calibrate(
+    table = calibrate_all(
         val, val_out, learned, size, label=str(args.val_scenes), vector_kinds=vector_kinds(engine.manifest)
     )
+    per_source = best_per(table, "proposals")
     colour = calibrate(val, val_out, colour_vectors, size, (shipped.proposals,), label=str(args.val_scenes))
     colour_row = evaluate(test, test_out, colour_vectors, colour[shipped.proposals], size)
     colour_row["settings"]["vectors"] = "colour_histogram"
@@ -409,10 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "proposals": {mode: evaluate(test, test_out, learned, spec, size) for mode, spec in per_source.items()},
         "vectors": {
             kind: evaluate(test, test_out, learned, spec, size)
-            for kind in vector_kinds(engine.manifest)
-            for spec in calibrate(
-                val, val_out, learned, size, (shipped.proposals,), str(args.val_scenes), vector_kinds=(kind,)
-            ).values()
+            for kind, spec in best_per(table, "vectors", proposals=shipped.proposals).items()
         },
         "baselines": {"colour_histogram": colour_row},
     }
@@ -421,10 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         # --val-scenes for the shipped instance source and vectors
         result["rpn_scores"] = {
             kind: evaluate(test, test_out, learned, spec, size)
-            for kind in ("objectness", "objectness_fit")
-            for spec in calibrate(
-                val, val_out, learned, size, (shipped.proposals,), str(args.val_scenes), (shipped.vectors,), (kind,)
-            ).values()
+            for kind, spec in best_per(table, "rpn_score", proposals=shipped.proposals, vectors=shipped.vectors).items()
         }
     if shipped.proposals == "both":
         # the shipped settings with every connected component kept whole (what split_components changes)
