@@ -46,6 +46,7 @@ from service.manifest import (
     sha256_file,
 )
 from training.evaluate_cosal import (
+    best_per,
     calibrate,
     evaluate,
     grouping_objective,
@@ -339,7 +340,8 @@ def _choose_grouping(
         outputs = run_bundle(engine, scenes, progress=False)
         vectors = service_vectors(engine)
         kinds = vector_kinds(engine.manifest)
-        per_source = calibrate(scenes, outputs, vectors, engine.input_size, label=str(scenes_dir), vector_kinds=kinds)
+        table = calibrate(scenes, outputs, vectors, engine.input_size, label=str(scenes_dir), vector_kinds=kinds)
+        per_source = best_per(table, "proposals")
         scores = {
             mode: evaluate(scenes, outputs, vectors, spec, engine.input_size) for mode, spec in per_source.items()
         }

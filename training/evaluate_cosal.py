@@ -232,7 +232,7 @@ def grouping_objective(scores: Mapping[str, Any]) -> Any:
 Calibration = dict[tuple[str, str, str], tuple[float, GroupingSpec]]
 
 
-def calibrate_all(
+def calibrate(
     scenes: list[EvalScene],
     outputs: list[SceneOutputs],
     vectors: VectorFn,
@@ -296,7 +296,7 @@ def calibrate_all(
 
 
 def best_per(calibration: Calibration, field: str, **fixed: str) -> dict[str, GroupingSpec]:
-    """From :func:`calibrate_all`'s table, the best settings for each value of ``field`` (``proposals``, ``vectors``
+    """From :func:`calibrate`'s table, the best settings for each value of ``field`` (``proposals``, ``vectors``
     or ``rpn_score``) among the entries whose other fields equal ``fixed``."""
     best: dict[str, tuple[float, GroupingSpec]] = {}
     for objective, spec in calibration.values():
@@ -306,19 +306,6 @@ def best_per(calibration: Calibration, field: str, **fixed: str) -> dict[str, Gr
         if value not in best or objective > best[value][0]:
             best[value] = (objective, spec)
     return {value: spec for value, (_, spec) in best.items()}
-
-
-def calibrate(
-    scenes: list[EvalScene],
-    outputs: list[SceneOutputs],
-    vectors: VectorFn,
-    input_size: int,
-    proposals: Iterable[str] = ("rpn", "components", "both"),
-    label: str = "",
-    vector_kinds: Iterable[str] = ("learned",),
-) -> dict[str, GroupingSpec]:
-    """The best settings per instance source on these (validation) scenes (:func:`calibrate_all`)."""
-    return best_per(calibrate_all(scenes, outputs, vectors, input_size, proposals, label, vector_kinds), "proposals")
 
 
 def vector_kinds(manifest: Manifest) -> tuple[str, ...]:
@@ -420,11 +407,13 @@ def main(argv: list[str] | None = None) -> int:
     test_out = run_bundle(engine, test, progress)
     val_out = run_bundle(engine, val, progress)
     learned = service_vectors(engine)
-    table = calibrate_all(
+    table = calibrate(
         val, val_out, learned, size, label=str(args.val_scenes), vector_kinds=vector_kinds(engine.manifest)
     )
     per_source = best_per(table, "proposals")
-    colour = calibrate(val, val_out, colour_vectors, size, (shipped.proposals,), label=str(args.val_scenes))
+    colour = best_per(
+        calibrate(val, val_out, colour_vectors, size, (shipped.proposals,), str(args.val_scenes)), "proposals"
+    )
     colour_row = evaluate(test, test_out, colour_vectors, colour[shipped.proposals], size)
     colour_row["settings"]["vectors"] = "colour_histogram"
     result: dict[str, Any] = {
