@@ -40,14 +40,21 @@ CONTAINED = 0.8
 APPEARANCE_WEIGHT_FLOOR = 1e-3
 
 
-def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU ``[N, M]`` of ``(x1, y1, x2, y2)`` boxes."""
+def _box_intersection(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """Intersection areas ``[N, M]`` of ``(x1, y1, x2, y2)`` boxes."""
     top_left = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
     bottom_right = np.minimum(boxes_a[:, None, 2:], boxes_b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(axis=-1)
-    area_a = np.clip(boxes_a[:, 2:] - boxes_a[:, :2], 0, None).prod(axis=-1)
-    area_b = np.clip(boxes_b[:, 2:] - boxes_b[:, :2], 0, None).prod(axis=-1)
-    union = area_a[:, None] + area_b[None, :] - inter
+    return np.clip(bottom_right - top_left, 0, None).prod(axis=-1)
+
+
+def _box_area(boxes: np.ndarray) -> np.ndarray:
+    return np.clip(boxes[:, 2:] - boxes[:, :2], 0, None).prod(axis=-1)
+
+
+def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU ``[N, M]`` of ``(x1, y1, x2, y2)`` boxes."""
+    inter = _box_intersection(boxes_a, boxes_b)
+    union = _box_area(boxes_a)[:, None] + _box_area(boxes_b)[None, :] - inter
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
@@ -261,10 +268,7 @@ def split_components(
 
 def _contained(boxes: np.ndarray, outer: np.ndarray) -> np.ndarray:
     """The share of each box's area ``[N]`` that lies inside ``outer``."""
-    width = np.clip(np.minimum(boxes[:, 2], outer[2]) - np.maximum(boxes[:, 0], outer[0]), 0, None)
-    height = np.clip(np.minimum(boxes[:, 3], outer[3]) - np.maximum(boxes[:, 1], outer[1]), 0, None)
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return width * height / np.maximum(areas, 1e-12)
+    return _box_intersection(boxes, outer[None])[:, 0] / np.maximum(_box_area(boxes), 1e-12)
 
 
 def _not_in(instances: tuple[np.ndarray, np.ndarray], taken: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

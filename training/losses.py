@@ -25,12 +25,11 @@ def resize_target(target: Tensor, size: Sequence[int]) -> Tensor:
     )
 
 
-def soft_iou_loss(logits: Tensor, target: Tensor, weight: Tensor | None = None) -> Tensor:
-    """``1 - (Σ w·p·g + 1) / (Σ w·(p + g - p·g) + 1)`` per image, averaged over the batch (``w`` = 1 if not given)."""
+def soft_iou_loss(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:
+    """``1 - (Σ w·p·g + 1) / (Σ w·(p + g - p·g) + 1)`` per image, averaged over the batch (per-pixel weights ``w``)."""
     prob = torch.sigmoid(logits)
-    w = torch.ones_like(target) if weight is None else weight
-    inter = (w * prob * target).sum(dim=(1, 2, 3))
-    union = (w * (prob + target - prob * target)).sum(dim=(1, 2, 3))
+    inter = (weight * prob * target).sum(dim=(1, 2, 3))
+    union = (weight * (prob + target - prob * target)).sum(dim=(1, 2, 3))
     return (1 - (inter + 1) / (union + 1)).mean()
 
 
