@@ -8,7 +8,13 @@ which negatives enter the confidence term; we follow SSD, its source, and keep t
 (``confidence="hard_negatives"``). That RPN ranked its boxes poorly here (median objectness 0.17 for boxes that hit an
 instance, 0.07 for loose ones, on validation scenes), so ``confidence="focal"`` offers RetinaNet's alternative (a
 deviation from the paper): every anchor enters the confidence term through the focal loss (α = 0.25, γ = 2), anchors
-whose best IoU lies in [0.4, 0.5) are ignored, and the sum is divided by N as before.
+whose best IoU lies in [0.4, 0.5) are ignored, and the sum is divided by N as before. The focal RPN still scored a
+box that spans two touching objects, or sits shifted on one, about as high as the box on an object (objectness median
+0.45 for the best box on a copy, on validation scenes), and grouping picks boxes by that score; so
+``confidence="quality_focal"`` (also a deviation) trains the objectness to *be* the box's quality: the Quality Focal
+Loss of Generalized Focal Loss (Li et al., NeurIPS 2020), ``−|y − σ|^β ((1 − y) log(1 − σ) + y log σ)`` with β = 2,
+whose target ``y`` is the IoU of the anchor's predicted box with its matched ground-truth box on positive anchors
+and 0 on negatives (same anchors, ignore band and normalizer as ``focal``).
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.cosal import encode_boxes
+from models.cosal import decode_boxes, encode_boxes
 
 RPN_POSITIVE_IOU = 0.5
 RPN_NEGATIVES_PER_POSITIVE = 3
 FOCAL_ALPHA = 0.25  # RetinaNet's weights of positives (1 - α for negatives) and focusing exponent
 FOCAL_GAMMA = 2.0
 FOCAL_IGNORE_IOU = 0.4  # RetinaNet: anchors between this and the positive IoU are neither positive nor negative
+QUALITY_FOCAL_BETA = 2.0  # GFL's exponent on |IoU target − objectness|
 OBJECTNESS_PRIOR = 0.01  # RetinaNet starts every anchor at this probability, so the focal sum starts small
 TRIPLET_MARGIN = 0.2  # FaceNet's margin for unit-length embeddings (the paper does not give its value)
 
@@ -82,6 +89,13 @@ def focal_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return alpha_t * (1 - p_t).pow(FOCAL_GAMMA) * bce
 
 
+def quality_focal_loss(logits: Tensor, quality: Tensor) -> Tensor:
+    """GFL's Quality Focal Loss ``−|y − σ|^β ((1 − y) log(1 − σ) + y log σ)`` per element, ``y`` = ``quality`` in
+    [0, 1] (β = :data:`QUALITY_FOCAL_BETA`)."""
+    bce = F.binary_cross_entropy_with_logits(logits, quality, reduction="none")
+    return (quality - torch.sigmoid(logits)).abs().pow(QUALITY_FOCAL_BETA) * bce
+
+
 def rpn_loss(
     objectness: Tensor,
     deltas: Tensor,
@@ -103,8 +117,10 @@ def rpn_loss(
         negatives_per_positive: hard negatives kept per positive in the confidence term (per image; an image
             without boxes keeps this many).
         loc_weight: α (1 in the paper).
-        confidence: ``hard_negatives`` (SSD's BCE on positives and the hardest negatives, the paper) or ``focal``
-            (RetinaNet's focal loss on every anchor but the ignored ones; ``negatives_per_positive`` is unused).
+        confidence: ``hard_negatives`` (SSD's BCE on positives and the hardest negatives, the paper), ``focal``
+            (RetinaNet's focal loss on every anchor but the ignored ones; ``negatives_per_positive`` is unused) or
+            ``quality_focal`` (GFL's quality focal loss on the same anchors, target: the IoU of each positive's
+            predicted box with its box, computed without gradient).
 
     Returns:
         The loss and its parts (``conf``, ``loc``, ``positives``) as floats for logging.
@@ -119,6 +135,15 @@ def rpn_loss(
         if confidence == "focal":
             trained = positive | (best_iou < FOCAL_IGNORE_IOU)
             conf_total = conf_total + focal_loss(scores[trained], labels[trained]).sum()
+        elif confidence == "quality_focal":
+            trained = positive | (best_iou < FOCAL_IGNORE_IOU)
+            quality = torch.zeros_like(labels)
+            if count:
+                with torch.no_grad():
+                    predicted = decode_boxes(offsets[positive].detach().to(anchors.dtype), anchors[positive])
+                    truth = boxes.to(anchors.dtype)[matched[positive]]
+                    quality[positive] = box_iou(predicted, truth).diagonal().to(quality.dtype)
+            conf_total = conf_total + quality_focal_loss(scores[trained], quality[trained]).sum()
         elif confidence == "hard_negatives":
             bce = F.binary_cross_entropy_with_logits(scores, labels, reduction="none")
             # Hard negative mining: the negatives the model is most wrong about.
@@ -127,7 +152,7 @@ def rpn_loss(
             hard = negative_loss.topk(num_negative).indices
             conf_total = conf_total + bce[positive].sum() + bce[hard].sum()
         else:
-            raise ValueError(f"confidence must be hard_negatives or focal, not {confidence!r}")
+            raise ValueError(f"confidence must be hard_negatives, focal or quality_focal, not {confidence!r}")
         if count:
             targets = encode_boxes(boxes.to(anchors.dtype)[matched[positive]], anchors[positive])
             loc_total = loc_total + F.smooth_l1_loss(offsets[positive], targets, beta=1.0, reduction="sum")

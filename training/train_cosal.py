@@ -94,9 +94,9 @@ class CosalConfig:
         config = cls(**raw)
         if config.triplets not in ("online", "offline"):
             raise CosalConfigError(f"{path}: triplets must be online or offline, not {config.triplets!r}")
-        if config.rpn_confidence not in ("hard_negatives", "focal"):
+        if config.rpn_confidence not in ("hard_negatives", "focal", "quality_focal"):
             raise CosalConfigError(
-                f"{path}: rpn_confidence must be hard_negatives or focal, not {config.rpn_confidence!r}"
+                f"{path}: rpn_confidence must be hard_negatives, focal or quality_focal, not {config.rpn_confidence!r}"
             )
         return config
 
@@ -276,7 +276,7 @@ def train(config: CosalConfig, resume: bool = False) -> dict[str, Any]:
         raise CosalConfigError(f"{config.model} is not a co-saliency net with a frozen encoder")
     if config.pretrained:
         model.encoder.load_pretrained(None if config.pretrained == "wheel" else config.pretrained)
-    if config.rpn_confidence == "focal":  # RetinaNet's prior: with every anchor in the loss, start them unlikely
+    if config.rpn_confidence in ("focal", "quality_focal"):  # RetinaNet's prior: all anchors in the loss start unlikely
         nn.init.constant_(model.rpn.objectness.bias, -math.log((1 - OBJECTNESS_PRIOR) / OBJECTNESS_PRIOR))
     pre = Preprocess(
         input_size=model.input_size,

@@ -104,6 +104,27 @@ def test_focal_rpn_loss_by_hand_ignores_the_middle_band() -> None:
         rpn_loss(logits, torch.zeros(1, 5, 4), ANCHORS, gt, confidence="softmax")
 
 
+def _quality_focal(logit: float, quality: float) -> float:
+    p = 1 / (1 + math.exp(-logit))
+    return abs(quality - p) ** 2 * _bce(logit, quality)
+
+
+def test_quality_focal_rpn_loss_targets_the_predicted_boxes_iou() -> None:
+    gt = [torch.tensor([[0.0, 0.0, 10.0, 10.0]])]
+    logits = torch.tensor([[2.0, 1.5, -1.0, 0.5, 3.0]])
+    deltas = torch.zeros(1, 5, 4)
+    # Anchor 0 predicts the box shifted 2 px right: IoU 80 / 120 with the box; anchor 3 predicts itself: IoU 0.9.
+    deltas[0, 0] = encode_boxes(torch.tensor([2.0, 0.0, 12.0, 10.0]), ANCHORS[0])
+    _, parts = rpn_loss(logits, deltas, ANCHORS, gt, confidence="quality_focal")
+    # Positives 0 and 3 (targets 2/3 and 0.9); anchor 1 in the ignored band; anchors 2 and 4 negatives (target 0).
+    conf = _quality_focal(2.0, 2 / 3) + _quality_focal(0.5, 0.9) + _quality_focal(-1.0, 0) + _quality_focal(3.0, 0)
+    assert math.isclose(parts["conf"], conf / 2, rel_tol=1e-5) and parts["positives"] == 2
+    # Objectness equal to the quality (anchors predicting themselves: targets 1 and 0.9) costs nothing.
+    exact = torch.tensor([[20.0, 0.0, -20.0, math.log(9.0), -20.0]])
+    _, parts = rpn_loss(exact, torch.zeros(1, 5, 4), ANCHORS, gt, confidence="quality_focal")
+    assert parts["conf"] < 1e-6
+
+
 def test_weighted_triplet_loss_by_hand() -> None:
     anchor = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     positive = torch.tensor([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0]])

@@ -107,15 +107,21 @@ def test_a_short_run_trains_checkpoints_and_resumes(
     assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == [lines[-1]]
 
 
-def test_offline_ablation_focal_rpn_and_bad_configs(
+@pytest.mark.parametrize("confidence", ["focal", "quality_focal"])
+def test_offline_ablation_with_focal_rpns(
+    tmp_path: Path, scene_dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str], confidence: str
+) -> None:
+    main(["--config", str(_config(tmp_path, scene_dirs, triplets="offline", rpn_confidence=confidence, epochs=1))])
+    epoch = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert epoch["train_triplets"] > 0 and math.isfinite(epoch["train_rpn"]) and epoch["train_rpn_conf"] > 0
+
+
+def test_bad_configs_are_refused(
     tmp_path: Path, scene_dirs: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    main(["--config", str(_config(tmp_path, scene_dirs, triplets="offline", rpn_confidence="focal", epochs=1))])
-    epoch = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert epoch["train_triplets"] > 0 and math.isfinite(epoch["train_rpn"])
     with pytest.raises(CosalConfigError, match="online or offline"):
         CosalConfig.from_yaml(_config(tmp_path, scene_dirs, triplets="sometimes"))
-    with pytest.raises(CosalConfigError, match="hard_negatives or focal"):
+    with pytest.raises(CosalConfigError, match="hard_negatives, focal or quality_focal"):
         CosalConfig.from_yaml(_config(tmp_path, scene_dirs, rpn_confidence="softmax"))
     with pytest.raises(SystemExit):
         main(["--config", str(_config(tmp_path, scene_dirs, lr_typo=0.1))])
