@@ -11,8 +11,10 @@ what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
   every member is a distinct true copy: no duplicate box, no box on nothing), ``ari`` (mean adjusted Rand index over
   each scene's true instances), ``max_f`` / ``mae`` of the co-saliency map (the map inside the groups' boxes; only group
   members are foreground), ``instances`` (mean predicted instances per scene), ``instance_recall`` (share of true
-  instances some predicted instance matches at box IoU ≥ 0.5) and ``instance_precision`` (share of predicted
-  instances that match a true one);
+  instances some predicted instance matches at box IoU ≥ 0.5), ``instance_precision`` (share of predicted
+  instances that match a true one) and ``copy_recall``: where the copies are lost, as the share of true copies matched
+  (IoU ≥ 0.5) by some RPN box of any score (``rpn_any_box``: what the RPN can give), by the proposed instances
+  (``proposals``: after thresholds and NMS) and by the answer's instances (``answer``: after duplicates are dropped);
 - ``every_member``: the shipped settings with no member dropped as a duplicate (``member_overlap`` 1);
 - ``whole_components`` (shipped instance source ``both``): the shipped settings with no connected component split
   into the RPN boxes inside it (``split_components`` off);
@@ -53,6 +55,7 @@ from service.grouping import (
     Grouping,
     average_linkage,
     box_fit,
+    box_iou,
     cosaliency_map,
     cut_linkage,
     distinct_members,
@@ -63,7 +66,7 @@ from service.grouping import (
 )
 from service.imaging import preprocess, resize_map
 from service.manifest import GroupingSpec, Manifest
-from training.cosal_metrics import score_scene
+from training.cosal_metrics import MATCH_IOU, match_instances, score_scene
 from training.metrics import SaliencyMetrics, to_uint8
 
 log = logging.getLogger("training.evaluate_cosal")
@@ -325,7 +328,8 @@ def evaluate(
     the groups' boxes, or ``maps`` (one probability map per scene, any size) inside them."""
     metrics = SaliencyMetrics()
     found, exact, ari, instances = [], [], [], []
-    true_count = true_matched = 0
+    true_count = true_matched = copy_count = 0
+    copies = {"rpn_any_box": 0, "proposals": 0, "answer": 0}
     for index, (scene, out) in enumerate(zip(scenes, outputs, strict=True)):
         o = out.outputs
         boxes, scores = propose(o["probability"], o["boxes"], o["scores"], spec, input_size)
@@ -333,7 +337,10 @@ def evaluate(
         pred_boxes, labels = _labels(grouping)
         pixels = _scene_pixels(pred_boxes, scene, input_size)
         score = score_scene(scene.boxes, scene.groups, scene.cosalient_group, pixels, labels)
+        for stage, count in _copies_matched(scene, o["boxes"], boxes, pixels, input_size).items():
+            copies[stage] += count
         true_count += len(scene.boxes)
+        copy_count += int(np.sum(scene.groups == scene.cosalient_group))
         true_matched += score.matched_instances
         found.append(score.group_found)
         exact.append(score.group_exact)
@@ -354,6 +361,21 @@ def evaluate(
         "instances": round(float(np.mean(instances)), 2),
         "instance_recall": round(true_matched / max(true_count, 1), 4),
         "instance_precision": round(true_matched / max(int(np.sum(instances)), 1), 4),
+        "copy_recall": {stage: round(count / max(copy_count, 1), 4) for stage, count in copies.items()},
+    }
+
+
+def _copies_matched(
+    scene: EvalScene, rpn_boxes: np.ndarray, proposed: np.ndarray, answer_pixels: np.ndarray, input_size: int
+) -> dict[str, int]:
+    """How many of the scene's copies some RPN box (any score), the proposed instances and the answer's instances
+    match at box IoU ≥ :data:`MATCH_IOU` (network-input boxes but the answer's, already in scene pixels)."""
+    copies = scene.boxes[scene.groups == scene.cosalient_group]
+    rpn = _scene_pixels(np.clip(rpn_boxes, 0, input_size), scene, input_size)
+    return {
+        "rpn_any_box": int((box_iou(copies, rpn).max(axis=1, initial=0.0) >= MATCH_IOU).sum()),
+        "proposals": int((match_instances(copies, _scene_pixels(proposed, scene, input_size)) >= 0).sum()),
+        "answer": int((match_instances(copies, answer_pixels) >= 0).sum()),
     }
 
 

@@ -167,3 +167,5 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     assert ("whole_components" in result) == (result["shipped"]["settings"]["proposals"] == "both")
     for scores in (result["shipped"], result["baselines"]["colour_histogram"]):
         assert 0 <= scores["group_found"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["mae"] <= 1
+        assert set(scores["copy_recall"]) == {"rpn_any_box", "proposals", "answer"}
+        assert all(0 <= share <= 1 for share in scores["copy_recall"].values())
