@@ -26,7 +26,7 @@ from export.fp16 import convert_fp16
 from export.images import list_images, load_batch
 from export.onnx_export import INPUT_NAME, OPSET, REGION_HEAD_FILE, ExportedGraph, export_onnx, export_region_head
 from export.parity import check_parity, cpu_session, max_abs_diff, top_weight_agreement
-from export.quantize import quantize_int8
+from export.quantize import REDUCE_RANGE, quantize_int8
 from export.tensorrt import build_engine, detect_tensorrt
 from export.timing import measure
 from export.triton import write_triton_repository
@@ -382,6 +382,7 @@ def _int8_variant(
     accuracy8 = evaluate_session(cpu_session(int8, options.threads), data, ckpt.preprocess) if data else None
     entry: dict[str, Any] = {
         "calibration_images": len(calib_paths),
+        "weight_bits": 7 if REDUCE_RANGE else 8,
         "max_abs_diff_vs_pytorch": diffs,
         "attention_top_weight_agreement_vs_fp32": {k: round(v, 4) for k, v in agreement.items()},
         "accuracy": {"fp32": accuracy32, "int8": accuracy8, "split": data.name if data else None},
