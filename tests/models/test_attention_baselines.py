@@ -121,6 +121,25 @@ def test_gating_is_checked() -> None:
     assert build_model("attnbaseline_sigmoid_effl0", gating="residual", output_stride=16).gating == "residual"
 
 
+@pytest.mark.parametrize("detach", [False, True])
+def test_detached_attention_keeps_map_losses_off_the_decoder(detach: bool) -> None:
+    torch.manual_seed(6)
+    encoder = build_model("attnbaseline_sigmoid_lite").encoder
+    model = AttentionBaselineNet(encoder, "sigmoid", gating="residual", detach_attention=detach).train()
+    for module in model.attention:
+        nn.init.normal_(module.score[-1].weight)  # zero-initialised scores would pass no gradient back at all
+    out = model(torch.randn(2, 3, 160, 160))
+    map_loss = sum(m.mean() for m in out.attention.values())  # any loss on the maps alone (KL, ranking)
+    map_loss.backward(retain_graph=True)
+    decoder_grad = sum(float(p.grad.abs().sum()) for p in model.decoder.parameters() if p.grad is not None)
+    attention_grad = sum(float(p.grad.abs().sum()) for p in model.attention.parameters() if p.grad is not None)
+    assert attention_grad > 0
+    assert (decoder_grad == 0) if detach else (decoder_grad > 0)
+    model.zero_grad(set_to_none=True)
+    out.saliency[-1].mean().backward()  # the saliency loss still trains the attention through the gating
+    assert sum(float(p.grad.abs().sum()) for p in model.attention.parameters() if p.grad is not None) > 0
+
+
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 def test_learned_attention_starts_uniform(kind: str) -> None:
     model = build_model(f"attnbaseline_{kind}_lite").eval()
