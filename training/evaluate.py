@@ -343,6 +343,7 @@ def evaluate(
     fixations_csv: Path | None = None,
     progress: bool = True,
     centre_bias: CentreBias | None = None,
+    worst: int = 0,
 ) -> tuple[dict[str, Any], SaliencyMetrics]:
     """Score ``predictor`` on ``samples``.
 
@@ -353,6 +354,9 @@ def evaluate(
             under ``"attention"`` those of each attention map a predictor built with ``attention`` exposes.
         progress: show a progress bar on stderr.
         centre_bias: the information-gain baseline (:func:`fit_centre_bias`); default the analytic centre prior.
+        worst: with masks, also list this many images with the largest MAE (``worst_by_mae``, largest first) and
+            the share of the dataset's MAE they carry (``worst_share_of_mae``): on 100 images a few failures can
+            decide the mean.
 
     Returns:
         The results dict (metrics, plus fixation metrics when asked) and the metrics accumulator (for curves).
@@ -380,6 +384,12 @@ def evaluate(
             for key, gaze in getattr(predictor, "last_attention", {}).items():
                 attention_metrics.setdefault(key, FixationMetrics(baseline=centre_bias)).update(gaze, points, negatives)
     results: dict[str, Any] = dict(metrics.results()) if with_masks else {"n_images": len(samples)}
+    if with_masks and worst > 0:
+        stems = [sample.stem for sample in samples]
+        errors = sorted(zip(stems, metrics.per_image("mae"), strict=True), key=lambda item: -item[1])
+        results["worst_by_mae"] = [{"stem": stem, "mae": round(mae, 4)} for stem, mae in errors[:worst]]
+        total = sum(mae for _, mae in errors)
+        results["worst_share_of_mae"] = round(sum(mae for _, mae in errors[:worst]) / total, 4) if total else 0.0
     if fixations_csv:
         if not relative:
             raise EvaluationError(f"{fixations_csv} has no fixations for the evaluated images")
@@ -410,6 +420,9 @@ def main(argv: list[str] | None = None) -> None:
         "--ig-baseline-split",
         help="stems (e.g. a train split) whose fixations fit the information-gain baseline (default: analytic prior)",
     )
+    parser.add_argument(
+        "--worst", type=int, default=0, help="with --masks: list the N images of largest MAE and their share of it"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for inference")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -439,7 +452,9 @@ def main(argv: list[str] | None = None) -> None:
             else None
         )
         started = time.perf_counter()
-        results, _ = evaluate(predictor, samples, fixations, not args.no_progress, bias)
+        if args.worst < 0:
+            raise EvaluationError(f"--worst must be >= 0, got {args.worst}")
+        results, _ = evaluate(predictor, samples, fixations, not args.no_progress, bias, args.worst)
     except (DatasetError, EvaluationError) as exc:
         parser.exit(2, f"error: {exc}\n")
     output = {"evaluated": predictor.description, "images": args.images, "masks": args.masks, "split": args.split}

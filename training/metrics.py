@@ -238,6 +238,13 @@ class SaliencyMetrics:
     def __len__(self) -> int:
         return len(self._f)
 
+    def per_image(self, metric: str) -> list[float]:
+        """One per-image scalar (``mae``, ``adaptive_f``, ``s_measure``, ``adaptive_e``, ``weighted_f``), in the
+        order the images were scored."""
+        if metric not in self._scalars:
+            raise KeyError(f"no per-image {metric!r}; one of {', '.join(self._scalars)}")
+        return list(self._scalars[metric])
+
     def curves(self) -> dict[str, np.ndarray]:
         """Dataset-mean curves over thresholds 255 → 0: ``precision``, ``recall``, ``f``, ``e``."""
         if not self._f:

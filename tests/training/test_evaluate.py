@@ -241,3 +241,18 @@ def test_report_writes_curves_and_table(sod_dir: Path, tmp_path: Path, capsys: p
     assert printed["results"]["fx"]["centre"]["n_images"] == 16
     with pytest.raises(SystemExit):
         report.main(["--runs", "bad", "--datasets", dataset, "--out", str(tmp_path)])
+
+
+def test_worst_images_by_mae_are_listed_with_their_share(sod_dir: Path, tmp_path: Path) -> None:
+    samples = list_pairs(sod_dir / "images", sod_dir / "masks")
+    for sample in samples:
+        Image.fromarray(load_mask(sample.mask).astype(np.uint8) * 255).save(tmp_path / f"{sample.stem}.png")
+    broken = samples[3].stem
+    inverted = ~load_mask(samples[3].mask)
+    Image.fromarray(inverted.astype(np.uint8) * 255).save(tmp_path / f"{broken}.png")
+    results, _ = evaluate(make_predictor(predictions=str(tmp_path)), samples, worst=2)
+    worst = results["worst_by_mae"]
+    assert worst[0] == {"stem": broken, "mae": 1.0} and worst[1]["mae"] == 0.0  # the only wrong map, then a perfect one
+    assert results["worst_share_of_mae"] == 1.0
+    assert results["mae"] == pytest.approx(1.0 / len(samples))
+    assert "worst_by_mae" not in evaluate(make_predictor(predictions=str(tmp_path)), samples)[0]
