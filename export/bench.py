@@ -58,8 +58,7 @@ def _ort_runners(folder: Path, threads: int, prefix: str, skipped: dict[str, str
         if variant.runtime != "onnxruntime":
             skipped[prefix + key] = f"runtime {variant.runtime} is not benchmarked on CPU"
             continue
-        level = "disable" if key.endswith("_ort_cpu") else "all"  # pre-optimized files are loaded as they are
-        session = cpu_session(folder / variant.file, threads, level)
+        session = cpu_session(folder / variant.file, threads, "all")
         runners[f"{prefix}ort_{key}"] = (
             (lambda x, s=session: s.run(None, {INPUT_NAME: x})),
             manifest.preprocess.input_size,

@@ -67,8 +67,6 @@ INT8_MAE_RISE = 0.005
 # this share of the parity images' pixels (the default PiCANet kept 0.83-0.98; ARN's peaked self-attention 0.67-0.77,
 # so its int8 is rejected: MODEL_CARD.md).
 INT8_MIN_TOP_WEIGHT_AGREEMENT = 0.8
-# An offline-optimized model is shipped only if it beats online ALL-level optimization by this margin.
-OFFLINE_OPT_MIN_GAIN = 0.05
 FIXTURE_IMAGES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "sod" / "images"
 
 
@@ -127,10 +125,13 @@ def _speed(path: Path, input_size: int, options: ExportOptions, level: str = "al
 
 
 def _graph_optimization_trial(fp32: Path, work: Path, input_size: int, options: ExportOptions) -> dict[str, Any]:
-    """Time ONNX Runtime's online BASIC vs ALL optimization and an offline ALL-optimized file.
+    """Time ONNX Runtime's online BASIC vs ALL optimization and an offline ALL-optimized file (a measurement only).
 
-    The service optimizes at load time (ALL), so an offline file only helps if it runs measurably faster;
-    it is also specific to the CPU provider it was optimized for.
+    The offline file is never shipped: ALL-level optimization blocks convolutions in the NCHWc layout of the
+    exporting CPU's vector width (8 channels with AVX2, 16 with AVX-512), and ONNX Runtime's documentation asks
+    that an offline-optimized model run on the hardware it was optimized on, while a bundle is served wherever it
+    is deployed; the service optimizes at load time on its own CPU instead. (On an AVX2-only AMD EPYC the offline
+    file ran 7 % faster than online ALL.)
     """
     offline = work / "model.ort-cpu.onnx"
     so = ort.SessionOptions()
@@ -149,14 +150,11 @@ def _graph_optimization_trial(fp32: Path, work: Path, input_size: int, options: 
         medians[label] = round(
             measure(lambda s=session: s.run(None, {INPUT_NAME: x}), 1, options.speed_runs).median_ms, 3
         )
-    gain = 1.0 - medians["offline_all"] / medians["online_all"]
-    keep = gain >= OFFLINE_OPT_MIN_GAIN
-    if not keep:
-        offline.unlink()
+    offline.unlink()
     return {
         "ms_per_image_b1": medians,
-        "offline_gain": round(gain, 4),
-        "shipped": keep,
+        "offline_gain": round(1.0 - medians["offline_all"] / medians["online_all"], 4),
+        "shipped": False,
         "provider": "CPUExecutionProvider",
     }
 
@@ -217,14 +215,7 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
         variants["fp32"] = VariantSpec(
             file=fp32.name, precision="fp32", accuracy={data.name: accuracy32} if data else {}, speed=speed32
         )
-        optimization = _graph_optimization_trial(fp32, work, size, options)
-        report["graph_optimization"] = optimization
-        if optimization["shipped"]:
-            variants["fp32_ort_cpu"] = VariantSpec(
-                file="model.ort-cpu.onnx",
-                precision="fp32",
-                speed=_speed(work / "model.ort-cpu.onnx", size, options, "disable"),
-            )
+        report["graph_optimization"] = _graph_optimization_trial(fp32, work, size, options)
 
         default_variant = "fp32"
         if options.int8:

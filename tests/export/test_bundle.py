@@ -81,6 +81,15 @@ def test_bundle_replaced_atomically_and_lists_every_file(exported) -> None:
         assert spec.sha256 == sha256_file(out / name)
 
 
+def test_offline_optimized_graph_is_timed_but_never_shipped(exported) -> None:
+    out, report, _ = exported
+    trial = report["graph_optimization"]
+    assert set(trial["ms_per_image_b1"]) == {"online_basic", "online_all", "offline_all"}
+    assert trial["shipped"] is False
+    assert not (out / "model.ort-cpu.onnx").exists()  # tied to the exporting CPU's vector width
+    assert all(spec.file != "model.ort-cpu.onnx" for spec in load_manifest(out).variants.values())
+
+
 def test_manifest_round_trips_through_service_schema(exported, tiny_checkpoint: Path) -> None:
     out, _, _ = exported
     raw = (out / "manifest.json").read_text()
