@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     try:
+        if args.worst < 0:
+            raise EvaluationError(f"--worst must be >= 0, got {args.worst}")
         masks = Path(args.masks) if args.masks else None
         samples = list_pairs(Path(args.images), masks, Path(args.split) if args.split else None)
         predictor = make_predictor(
@@ -452,8 +454,6 @@ def main(argv: list[str] | None = None) -> None:
             else None
         )
         started = time.perf_counter()
-        if args.worst < 0:
-            raise EvaluationError(f"--worst must be >= 0, got {args.worst}")
         results, _ = evaluate(predictor, samples, fixations, not args.no_progress, bias, args.worst)
     except (DatasetError, EvaluationError) as exc:
         parser.exit(2, f"error: {exc}\n")
