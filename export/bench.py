@@ -58,7 +58,7 @@ def _ort_runners(folder: Path, threads: int, prefix: str, skipped: dict[str, str
         if variant.runtime != "onnxruntime":
             skipped[prefix + key] = f"runtime {variant.runtime} is not benchmarked on CPU"
             continue
-        session = cpu_session(folder / variant.file, threads, "all")
+        session = cpu_session(folder / variant.file, threads)
         runners[f"{prefix}ort_{key}"] = (
             (lambda x, s=session: s.run(None, {INPUT_NAME: x})),
             manifest.preprocess.input_size,

@@ -112,8 +112,8 @@ def _parity_images(options: ExportOptions, data: EvalSplit | None) -> list[Path]
     )
 
 
-def _speed(path: Path, input_size: int, options: ExportOptions, level: str = "all") -> dict[str, float]:
-    session = cpu_session(path, options.threads, level)
+def _speed(path: Path, input_size: int, options: ExportOptions) -> dict[str, float]:
+    session = cpu_session(path, options.threads)
     rng = np.random.default_rng(0)
     speed: dict[str, float] = {"threads": float(options.threads)}
     for batch in (1, 8):
