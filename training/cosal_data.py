@@ -2,6 +2,7 @@
 0–2 distractor objects from other images, on a real background.
 
 python -m training.cosal_data --out DIR --n N --split train|test [--seed 0] [--root ../shared/data] [--size 320]
+    [--exclude OTHER/annotations.jsonl ...]
 
 No within-image co-saliency dataset can be had here, so scenes are built from the salient-object datasets: an object
 is the masked region of an image whose mask is one connected object clear of the image border; a background is
@@ -11,7 +12,8 @@ colour-jittered; instances may overlap (at most ``MAX_OVERLAP`` of the smaller o
 lies wholly inside the canvas (``truncated`` is recorded anyway). Later instances occlude earlier ones: the recorded
 masks are what stays visible. Train scenes draw objects and backgrounds from DUTS-TR, ECSSD_train and
 PASCAL-S_train; test scenes only from ECSSD_val and PASCAL-S_test. Scene ``i`` of a seed is the same whatever
-``--n``, so sets grow without changing.
+``--n``, so sets grow without changing. ``--exclude`` leaves out every image another scene set used as an object or
+a background: validation scenes from the train split whose objects the model never saw in its training scenes.
 
 Layout of DIR:
 - ``images/<id>.jpg`` the scene (JPEG quality 92);
@@ -210,6 +212,30 @@ def scene_source(root: Path, split: str) -> SceneSource:
     return SceneSource(samples, samples)
 
 
+def used_sources(annotations: Path) -> set[str]:
+    """The stems of every image a scene set (its ``annotations.jsonl``) used as an object or a background."""
+    stems: set[str] = set()
+    with open(annotations) as fh:
+        for line in fh:
+            scene = json.loads(line)
+            stems.add(scene["background"])
+            stems.update(instance["source"] for instance in scene["instances"])
+    return stems
+
+
+def without_sources(source: SceneSource, stems: set[str]) -> SceneSource:
+    """``source`` less the images named in ``stems`` (as objects and as backgrounds).
+
+    Raises:
+        ValueError: nothing is left.
+    """
+    objects = [s for s in source.objects if s.stem not in stems]
+    backgrounds = [s for s in source.backgrounds if s.stem not in stems]
+    if not objects or not backgrounds:
+        raise ValueError(f"excluding {len(stems)} images leaves no objects or no backgrounds")
+    return SceneSource(objects, backgrounds)
+
+
 def make_scene(
     source: SceneSource, index: int, seed: int, size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -276,9 +302,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", type=Path, default=Path("../shared/data"), help="the staged datasets")
     parser.add_argument("--size", type=int, default=320, help="long side of the scenes")
+    parser.add_argument(
+        "--exclude",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="ANNOTATIONS",
+        help="another scene set's annotations.jsonl: never use an image it used (repeatable)",
+    )
     args = parser.parse_args(argv)
-    annotations = write_scenes(scene_source(args.root, args.split), args.out, args.n, args.seed, args.size)
-    print(json.dumps({"out": str(args.out), "scenes": args.n, "split": args.split, "annotations": str(annotations)}))
+    source = scene_source(args.root, args.split)
+    excluded: set[str] = set()
+    for annotations_file in args.exclude:
+        if not annotations_file.is_file():
+            parser.error(f"--exclude {annotations_file}: no such file")
+        excluded |= used_sources(annotations_file)
+    if excluded:
+        try:
+            source = without_sources(source, excluded)
+        except ValueError as err:
+            parser.error(str(err))
+    annotations = write_scenes(source, args.out, args.n, args.seed, args.size)
+    summary = {"out": str(args.out), "scenes": args.n, "split": args.split, "annotations": str(annotations)}
+    if excluded:
+        summary |= {"excluded_images": len(excluded), "objects": len(source.objects)}
+    print(json.dumps(summary))
     return 0
 
 

@@ -1,5 +1,6 @@
 """The co-saliency scene generator on the real fixture pairs: masks, boxes and groups agree; scenes are deterministic;
-instances stay inside the canvas and visible; train and test splits draw from disjoint sources."""
+instances stay inside the canvas and visible; train and test splits draw from disjoint sources; scenes built with
+another set's images excluded use none of them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.cosal_data import MAX_OVERLAP, SPLITS, SceneSource, make_scene, write_scenes
+from training.cosal_data import (
+    MAX_OVERLAP,
+    SPLITS,
+    SceneSource,
+    make_scene,
+    used_sources,
+    without_sources,
+    write_scenes,
+)
 from training.data import list_pairs
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sod"
@@ -69,3 +78,16 @@ def test_test_scenes_use_held_out_splits_only() -> None:
     test = {(images, split) for images, _, split in SPLITS["test"]}
     assert not train & test
     assert all(split is not None and ("val" in split or "test" in split) for _, split in test)
+
+
+def test_excluded_images_are_never_used(source: SceneSource, scenes: Path, tmp_path: Path) -> None:
+    first_two = tmp_path / "first_two.jsonl"
+    first_two.write_text("".join((scenes / "annotations.jsonl").read_text().splitlines(keepends=True)[:2]))
+    excluded = used_sources(first_two)
+    assert len(excluded) >= 3  # two scenes: each a background, a group object and maybe distractors
+    held_out = without_sources(source, excluded)
+    assert len(held_out.objects) == len(source.objects) - len(excluded)
+    write_scenes(held_out, tmp_path / "held_out", 4, seed=5, size=128, progress=False)
+    assert not used_sources(tmp_path / "held_out" / "annotations.jsonl") & excluded
+    with pytest.raises(ValueError, match="leaves no objects"):
+        without_sources(source, {s.stem for s in source.objects})
