@@ -39,9 +39,9 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    # Same conversions as training's image loader, so the service sees what the model was trained on:
-    # 16-bit scaled by its maximum, transparency composited on white, everything else through Pillow's convert.
+def to_rgb(img: Image.Image) -> Image.Image:
+    """``img`` as RGB: 16-bit scaled by its maximum, transparency composited on white, everything else through
+    Pillow's convert. Training's image loader uses it too, so the service sees what the models were trained on."""
     if img.mode in _SIXTEEN_BIT_MODES:
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray(np.clip(arr / max(arr.max(), 1.0) * 255.0, 0, 255).astype(np.uint8))
@@ -166,7 +166,7 @@ def decode_image(data: bytes, max_bytes: int, max_pixels: int, max_side: int | N
         if max_side is not None and fmt == "JPEG":
             img.draft(img.mode, fit_size(img.size, max_side))
         img.load()
-        img = _to_rgb(ImageOps.exif_transpose(img))  # RGB first: palette images would resize by nearest
+        img = to_rgb(ImageOps.exif_transpose(img))  # RGB first: palette images would resize by nearest
         if max_side is not None and max(img.size) > max_side:
             img = img.resize(fit_size(img.size, max_side), Image.BILINEAR, reducing_gap=2.0)
     return img

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from service.imaging import to_rgb
 from training.fixation_metrics import fixation_density
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
@@ -40,15 +41,7 @@ def load_rgb(path: Path) -> Image.Image:
     """Open an image as RGB (EXIF orientation applied; greyscale, palette, CMYK, alpha and 16-bit converted)."""
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                img = Image.fromarray(np.clip(arr / max(arr.max(), 1.0) * 255.0, 0, 255).astype(np.uint8))
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                img = img.convert("RGBA")
-                background = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, img)
-            return img.convert("RGB")
+            return to_rgb(ImageOps.exif_transpose(img))
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise DatasetError(f"cannot read image {path}: {exc}") from exc
 
