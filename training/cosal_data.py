@@ -311,12 +311,12 @@ def main(argv: list[str] | None = None) -> int:
         help="another scene set's annotations.jsonl: never use an image it used (repeatable)",
     )
     args = parser.parse_args(argv)
+    missing = [str(path) for path in args.exclude if not path.is_file()]
+    if missing:
+        parser.error(f"--exclude: no such file: {', '.join(missing)}")
+    excluded = set().union(*(used_sources(path) for path in args.exclude))
     source = scene_source(args.root, args.split)
-    excluded: set[str] = set()
-    for annotations_file in args.exclude:
-        if not annotations_file.is_file():
-            parser.error(f"--exclude {annotations_file}: no such file")
-        excluded |= used_sources(annotations_file)
+    available = len(source.objects)
     if excluded:
         try:
             source = without_sources(source, excluded)
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     annotations = write_scenes(source, args.out, args.n, args.seed, args.size)
     summary = {"out": str(args.out), "scenes": args.n, "split": args.split, "annotations": str(annotations)}
     if excluded:
-        summary |= {"excluded_images": len(excluded), "objects": len(source.objects)}
+        summary |= {"images_left_out": available - len(source.objects), "images": len(source.objects)}
     print(json.dumps(summary))
     return 0
 
