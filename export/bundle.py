@@ -204,13 +204,14 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
             warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant at export
             graph = export_onnx(ckpt.model, fp32, size)
         parity_batch = load_batch(_parity_images(options, data), pre)
-        diffs = max_abs_diff(graph.wrapper, cpu_session(fp32, options.threads), parity_batch)
+        fp32_session = cpu_session(fp32, options.threads)
+        diffs = max_abs_diff(graph.wrapper, fp32_session, parity_batch)
         report["parity_fp32"] = {"images": len(parity_batch), "tolerance": FP32_TOLERANCE, "max_abs_diff": diffs}
         check_parity(diffs, FP32_TOLERANCE, "ONNX Runtime fp32")
 
         variants: dict[str, VariantSpec] = {}
         rejected: dict[str, RejectedVariantSpec] = {}
-        accuracy32 = evaluate_session(cpu_session(fp32, options.threads), data, pre) if data else None
+        accuracy32 = evaluate_session(fp32_session, data, pre) if data else None
         speed32 = _speed(fp32, size, options)
         variants["fp32"] = VariantSpec(
             file=fp32.name, precision="fp32", accuracy={data.name: accuracy32} if data else {}, speed=speed32
@@ -370,7 +371,7 @@ def _int8_variant(
     per_pixel = [o.name for o in graph.outputs if o.attention is not None and o.attention.kind != "spatial"]
     agreement = top_weight_agreement(cpu_session(fp32, options.threads), int8_session, parity_images, per_pixel)
     speed = _speed(int8, ckpt.preprocess.input_size, options)
-    accuracy8 = evaluate_session(cpu_session(int8, options.threads), data, ckpt.preprocess) if data else None
+    accuracy8 = evaluate_session(int8_session, data, ckpt.preprocess) if data else None
     entry: dict[str, Any] = {
         "calibration_images": len(calib_paths),
         "weight_bits": 7 if REDUCE_RANGE else 8,
