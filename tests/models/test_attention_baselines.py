@@ -140,6 +140,38 @@ def test_detached_attention_keeps_map_losses_off_the_decoder(detach: bool) -> No
     assert sum(float(p.grad.abs().sum()) for p in model.attention.parameters() if p.grad is not None) > 0
 
 
+def test_encoder_readout_is_trained_by_map_losses_alone_and_gates_every_layer() -> None:
+    torch.manual_seed(7)
+    encoder = build_model("attnbaseline_sigmoid_lite").encoder
+    model = AttentionBaselineNet(encoder, "sigmoid", gating="residual", attention_source="encoder").train()
+    assert model.readout is not None and not any(isinstance(m, SpatialAttention) for m in model.attention)
+    out = model(torch.randn(2, 3, 160, 160))
+    for weights in out.attention.values():  # zero-initialised score: uniform 0.5 everywhere, like the modules
+        torch.testing.assert_close(weights, torch.full_like(weights, 0.5))
+    nn.init.normal_(model.readout.score.weight)
+    decoded, attended = _capture(model)
+    out = model(torch.randn(2, 3, 160, 160))
+    for index, name in enumerate(("spatial/d3", "spatial/d2", "spatial/d1")):
+        torch.testing.assert_close(attended[index], decoded[index] * (1 + out.attention[name]))
+    out.saliency[-1].mean().backward(retain_graph=True)  # BCE reaches neither the read-out nor, through it, anything
+    assert all(p.grad is None for p in model.readout.parameters())
+    model.zero_grad(set_to_none=True)
+    sum(m.mean() for m in out.attention.values()).backward()  # a loss on the maps trains the read-out only
+    assert all(p.grad is not None for p in model.readout.score.parameters())
+    assert all(p.grad is None for p in [*model.encoder.parameters(), *model.decoder.parameters()])
+
+
+def test_encoder_readout_is_a_learned_sigmoid_map() -> None:
+    encoder = build_model("attnbaseline_sigmoid_lite").encoder
+    for kind, options in [("softmax", {}), ("sigmoid", {"detach_attention": True}), ("sigmoid", {"mode": "replace"})]:
+        with pytest.raises(ValueError, match="learned sigmoid read-out"):
+            AttentionBaselineNet(encoder, kind, attention_source="encoder", **options)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown attention source"):
+        AttentionBaselineNet(encoder, "sigmoid", attention_source="fixations")  # type: ignore[arg-type]
+    model = build_model("attnbaseline_sigmoid_effl0", output_stride=16, attention_source="encoder")
+    assert [model.encoder.strides[i] for i in model.readout_levels] == [8, 16, 16]
+
+
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])
 def test_learned_attention_starts_uniform(kind: str) -> None:
     model = build_model(f"attnbaseline_{kind}_lite").eval()
