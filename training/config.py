@@ -126,11 +126,36 @@ _NESTED = {f.name for f in fields(TrainConfig)} & {"preprocess", "data", "loss",
 
 
 def load_config(path: str | Path) -> TrainConfig:
-    """Read a YAML training config; ``data.root`` and ``out_dir`` stay relative to the working directory."""
-    path = Path(path)
+    """Read a YAML training config; ``data.root`` and ``out_dir`` stay relative to the working directory.
+
+    ``extends: OTHER.yaml`` (relative to the file) starts from another config and overrides what the file sets:
+    mappings merge key by key, everything else (lists included) is replaced. A config that extends another must
+    name its own ``name`` and ``out_dir``, so a variant can never write into its parent's run folder.
+    """
+    return TrainConfig.from_dict(_read_with_parents(Path(path), ()))
+
+
+def _read_with_parents(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     raw = yaml.safe_load(path.read_text())
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    return TrainConfig.from_dict(raw)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    missing = [key for key in ("name", "out_dir") if key not in raw]
+    if missing:
+        raise ConfigError(f"{path} extends {parent} and must set its own {' and '.join(missing)}")
+    parent_path = (path.parent / str(parent)).resolve()
+    if parent_path in children or parent_path == path.resolve():
+        raise ConfigError(f"{path}: 'extends' loops back to {parent_path.name}")
+    return _merged(_read_with_parents(parent_path, (*children, path.resolve())), raw)
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        both_mappings = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both_mappings else value
+    return out
