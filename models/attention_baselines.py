@@ -16,8 +16,8 @@ without silencing the rest of the object, which eq. 1 does wherever ``A`` is nea
 a module on each decoder layer: :class:`GazeReadout` reads the encoder's features at strides ≥ 8 with the gradient
 stopped, and its one map, resized to each decoder layer, gates that layer with the gradient stopped too, so only a
 fixation loss trains it and BCE cannot pull it towards the object mask. A read-out of pretrained features is how
-DeepGaze II predicts fixations (Kümmerer et al., ICCV 2017); on this encoder it generalised better than the decoder
-modules (docs/results/README.md, the attention study).
+DeepGaze II predicts fixations (Kümmerer et al., ICCV 2017); in the attention study it matched the decoder modules'
+best gaze alignment in half the epochs (docs/results/README.md).
 
 ``mode="replace"`` is the paper's *Explicit Attention (Human)*: the learned maps are replaced by an external map
 (a human fixation density ``[B,1,H,W]``, any non-negative scale: it is divided by its per-image maximum so it lies
