@@ -132,7 +132,16 @@ def load_config(path: str | Path) -> TrainConfig:
     mappings merge key by key, everything else (lists included) is replaced. A config that extends another must
     name its own ``name`` and ``out_dir``, so a variant can never write into its parent's run folder.
     """
-    return TrainConfig.from_dict(_read_with_parents(Path(path), ()))
+    return TrainConfig.from_dict(read_config_file(path))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The mapping a YAML config file describes, with its ``extends:`` chain merged in (see :func:`load_config`).
+
+    Raises:
+        ConfigError: a file is missing or not a mapping, a variant lacks its own ``name``/``out_dir``, or a loop.
+    """
+    return _read_with_parents(Path(path), ())
 
 
 def _read_with_parents(path: Path, children: tuple[Path, ...]) -> dict[str, Any]:

@@ -32,12 +32,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 from PIL import Image
 from torch import Tensor, nn
 
 from models import build_model
 from models.cosal import CoSaliencyNet, decode_boxes, flatten_rpn_outputs
+from training.config import ConfigError, read_config_file
 from training.cosal_losses import (
     OBJECTNESS_PRIOR,
     box_iou,
@@ -58,7 +58,7 @@ PROPOSAL_NMS_IOU = 0.7
 REGION_MIN_IOU = 0.5
 
 
-class CosalConfigError(ValueError):
+class CosalConfigError(ConfigError):
     """A co-saliency training config is malformed."""
 
 
@@ -87,7 +87,7 @@ class CosalConfig:
 
     @classmethod
     def from_yaml(cls, path: Path) -> CosalConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = read_config_file(path)
         unknown = sorted(set(raw) - set(cls.__dataclass_fields__))
         if unknown:
             raise CosalConfigError(f"{path}: unknown keys {unknown}")
