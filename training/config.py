@@ -130,7 +130,7 @@ def load_config(path: str | Path) -> TrainConfig:
 
     ``extends: OTHER.yaml`` (relative to the file) starts from another config and overrides what the file sets:
     mappings merge key by key, everything else (lists included) is replaced. A config that extends another must
-    name its own ``name`` and ``out_dir``, so a variant can never write into its parent's run folder.
+    set its own ``name`` and ``out_dir``, so a variant can never write into its parent's run folder.
     """
     return TrainConfig.from_dict(read_config_file(path))
 
