@@ -221,7 +221,18 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
         default_variant = "fp32"
         if options.int8:
             default_variant = _int8_variant(
-                options, ckpt, graph, fp32, work, data, accuracy32, variants, rejected, report
+                options,
+                ckpt,
+                graph,
+                fp32,
+                fp32_session,
+                parity_batch,
+                work,
+                data,
+                accuracy32,
+                variants,
+                rejected,
+                report,
             )
         if options.fp16:
             fp16 = convert_fp16(fp32, work / "model.fp16.onnx")
@@ -353,6 +364,8 @@ def _int8_variant(
     ckpt: LoadedCheckpoint,
     graph: ExportedGraph,
     fp32: Path,
+    fp32_session: ort.InferenceSession,
+    parity_images: np.ndarray,
     work: Path,
     data: EvalSplit | None,
     accuracy32: dict[str, float] | None,
@@ -365,11 +378,10 @@ def _int8_variant(
     int8 = work / "model.int8.onnx"
     kept_fp32 = [o.name for o in graph.outputs if o.kind in ("saliency", "attention")]
     quantize_int8(fp32, int8, load_batch(calib_paths, ckpt.preprocess), kept_fp32, first_layer_fp32=True)
-    parity_images = load_batch(_parity_images(options, data), ckpt.preprocess)
     int8_session = cpu_session(int8, options.threads)
     diffs = max_abs_diff(graph.wrapper, int8_session, parity_images)
     per_pixel = [o.name for o in graph.outputs if o.attention is not None and o.attention.kind != "spatial"]
-    agreement = top_weight_agreement(cpu_session(fp32, options.threads), int8_session, parity_images, per_pixel)
+    agreement = top_weight_agreement(fp32_session, int8_session, parity_images, per_pixel)
     speed = _speed(int8, ckpt.preprocess.input_size, options)
     accuracy8 = evaluate_session(int8_session, data, ckpt.preprocess) if data else None
     entry: dict[str, Any] = {
