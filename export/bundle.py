@@ -19,12 +19,22 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import torch
+import torch.nn.functional as F
 
 from export.accuracy import DEFAULT_DATA_ROOT, EvalSplit, eval_split, evaluate_session
 from export.checkpoint import LoadedCheckpoint, load_checkpoint
 from export.fp16 import convert_fp16
 from export.images import list_images, load_batch
-from export.onnx_export import INPUT_NAME, OPSET, REGION_HEAD_FILE, ExportedGraph, export_onnx, export_region_head
+from export.onnx_export import (
+    CROP_ENCODER_FILE,
+    INPUT_NAME,
+    OPSET,
+    REGION_HEAD_FILE,
+    ExportedGraph,
+    export_crop_encoder,
+    export_onnx,
+    export_region_head,
+)
 from export.parity import check_parity, cpu_session, max_abs_diff, top_weight_agreement
 from export.quantize import REDUCE_RANGE, quantize_int8
 from export.tensorrt import build_engine, detect_tensorrt
@@ -34,6 +44,7 @@ from models import model_paper
 from service.engine import Engine
 from service.manifest import (
     MANIFEST_FILE,
+    CropEncoderSpec,
     FileSpec,
     GroupingSpec,
     Manifest,
@@ -245,6 +256,7 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
             report["tensorrt"] = _tensorrt_variant(fp32, work, size, variants)
 
         regions = _export_region_head(ckpt, graph, work, parity_batch, options, report) if cosal else None
+        crops = _export_crop_encoder(ckpt, work, parity_batch, options, report) if cosal else None
         manifest = Manifest(
             name=options.name or _default_name(ckpt),
             version=options.version or _default_version(ckpt),
@@ -272,6 +284,7 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
             training_data=ckpt.training_data,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             regions=regions,
+            crops=crops,
             grouping=_provisional_grouping() if cosal else None,
         )
         (work / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -315,6 +328,28 @@ def _export_region_head(
     diffs = {spec.output_name: float(np.abs(got - expected).max())}
     report["parity_regions"] = {"regions": len(pooled), "tolerance": FP32_TOLERANCE, "max_abs_diff": diffs}
     check_parity(diffs, FP32_TOLERANCE, "ONNX Runtime region head")
+    return spec
+
+
+def _export_crop_encoder(
+    ckpt: LoadedCheckpoint, work: Path, parity_batch: np.ndarray, options: ExportOptions, report: dict[str, Any]
+) -> CropEncoderSpec:
+    """Export the frozen encoder for instance crops and check it on real crops (the parity images' quarters)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        spec, wrapper = export_crop_encoder(ckpt.model, work / CROP_ENCODER_FILE)
+    images = torch.from_numpy(parity_batch)
+    half = images.shape[-1] // 2
+    quarters = [images[:, :, y : y + half, x : x + half] for y in (0, half) for x in (0, half)]
+    crops = F.interpolate(torch.cat(quarters), size=(spec.crop_size, spec.crop_size), mode="bilinear")
+    with torch.no_grad():
+        expected = wrapper(crops).numpy()
+    got = cpu_session(work / CROP_ENCODER_FILE, options.threads).run(None, {spec.input_name: crops.numpy()})[0]
+    # Relative to the largest feature: raw encoder activations run to tens, unlike the bounded outputs FP32_TOLERANCE
+    # is meant for, and the service only uses their direction
+    diffs = {spec.output_name: float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-12))}
+    report["parity_crops"] = {"crops": len(crops), "tolerance": FP32_TOLERANCE, "max_relative_diff": diffs}
+    check_parity(diffs, FP32_TOLERANCE, "ONNX Runtime crop encoder (relative to its largest feature)")
     return spec
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.manifest import BundleError, Manifest, OutputSpec, RegionHeadSpec, load_manifest, resolve_bundle
+from service.grouping import InstanceEncoders
+from service.manifest import BundleError, Manifest, OutputSpec, load_manifest, resolve_bundle
 
 log = logging.getLogger(__name__)
 
@@ -97,17 +98,18 @@ class Engine:
         missing = [o.name for o in manifest.outputs if o.name not in self.output_names]
         if missing:
             raise BundleError(f"{model_path} lacks outputs {missing} that the manifest declares")
-        self._regions = self._region_session(bundle_dir, manifest.regions) if manifest.regions else None
+        self._regions = self._head_session(bundle_dir / manifest.regions.file) if manifest.regions else None
+        self._crops = self._head_session(bundle_dir / manifest.crops.file) if manifest.crops else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         log.info("loaded bundle %s variant %s on %s", bundle_dir, chosen, in_use)
 
     @staticmethod
-    def _region_session(bundle_dir: Path, regions: RegionHeadSpec) -> ort.InferenceSession:
-        """The co-saliency head's tiny graph: one thread, run on the caller's (post-processing) thread."""
+    def _head_session(path: Path) -> ort.InferenceSession:
+        """A co-saliency bundle's instance graph (region head, crop encoder): one thread, run on the caller's
+        (post-processing) thread."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        path = bundle_dir / regions.file
         try:
             return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for unloadable graphs
@@ -119,6 +121,22 @@ class Engine:
             raise BundleError(f"bundle {self.manifest.name} has no regional feature mapping head")
         spec = self.manifest.regions
         return self._regions.run([spec.output_name], {spec.input_name: pooled.astype(np.float32)})[0]
+
+    def encode_crops(self, crops: np.ndarray) -> np.ndarray:
+        """The crop encoder of a co-saliency bundle: normalized crops ``[K, 3, S, S]`` → features ``[K, C, s, s]``."""
+        if self._crops is None or self.manifest.crops is None:
+            raise BundleError(f"bundle {self.manifest.name} has no crop encoder")
+        spec = self.manifest.crops
+        return self._crops.run([spec.output_name], {spec.input_name: crops.astype(np.float32)})[0]
+
+    def instance_encoders(self) -> InstanceEncoders:
+        """The bundle's graphs that describe instances, for ``service.grouping``."""
+        if self.manifest.regions is None:
+            raise BundleError(f"bundle {self.manifest.name} has no regional feature mapping head")
+        crops = self.encode_crops if self._crops is not None else None
+        return InstanceEncoders(
+            self.embed_regions, self.manifest.regions, self.manifest.preprocess, crops, self.manifest.crops
+        )
 
     @property
     def manifest(self) -> Manifest:

@@ -10,9 +10,11 @@ and the feature-sensitive features ``R``. Grouping then:
    ``split_components`` a component holding two or more RPN boxes gives way to them: touching objects merge in the
    map);
 2. gives each instance a unit vector: its box pooled on ``R`` with RoIAlign (same semantics as
-   ``models/roi_align.py``) and mapped by the bundle's regional feature mapping head (a second small ONNX graph,
-   passed in as ``embed``; ``vectors: learned``, the paper's), or the bundle's frozen encoder features averaged
-   under the map inside the box (``vectors: appearance``, :func:`appearance_vectors`);
+   ``models/roi_align.py``) and mapped by the bundle's regional feature mapping head (a second small ONNX graph;
+   ``vectors: learned``, the paper's), the bundle's frozen encoder features averaged under the map inside the box
+   (``vectors: appearance``, :func:`appearance_vectors`), or the frozen encoder run again on the box's own crop of the
+   image, its features averaged under the map (``vectors: crops``, :func:`crop_vectors`: a small object spans a few
+   cells of the whole image's stride-16 features, but a whole crop's);
 3. clusters the vectors by average linkage on cosine distance, merging while the closest clusters are nearer than
    ``distance_threshold`` (chosen on validation scenes at export time), then drops, within each cluster, the members
    whose map mass lies mostly (above ``member_overlap``) inside better-fitting members' boxes (fit: :func:`box_fit`):
@@ -30,9 +32,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
-from service.imaging import resize_map
-from service.manifest import BundleError, GroupingSpec, Manifest, RegionHeadSpec
+from service.imaging import preprocess, resize_map
+from service.manifest import BundleError, CropEncoderSpec, GroupingSpec, Manifest, PreprocessSpec, RegionHeadSpec
 
 # The share of an RPN box's area inside a connected component's box for the box to count as one of its objects
 CONTAINED = 0.8
@@ -178,6 +181,20 @@ def component_boxes(probability: np.ndarray, threshold: float, min_area_fraction
 
 
 @dataclass(frozen=True)
+class InstanceEncoders:
+    """A co-saliency bundle's graphs that describe instances, as plain callables (ONNX sessions in the service):
+    the regional feature mapping head (pooled ``[K, C*P*P]`` → vectors ``[K, D]``, RoIAlign geometry ``region``)
+    and, in bundles that have it, the crop encoder (crops ``[K, 3, S, S]`` → features ``[K, C, s, s]``, ``crop``),
+    whose crops are normalized as the network input (``preprocess``)."""
+
+    regions: Callable[[np.ndarray], np.ndarray]
+    region: RegionHeadSpec
+    preprocess: PreprocessSpec
+    crops: Callable[[np.ndarray], np.ndarray] | None = None
+    crop: CropEncoderSpec | None = None
+
+
+@dataclass(frozen=True)
 class Instance:
     """One salient instance: its box in network-input pixels, its score and its unit vector."""
 
@@ -314,20 +331,51 @@ def appearance_vectors(features: np.ndarray, probability: np.ndarray, boxes: np.
     return (stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
+def crop_vectors(
+    image: Image.Image, probability: np.ndarray, boxes: np.ndarray, encoders: InstanceEncoders, input_size: int
+) -> np.ndarray:
+    """Unit vectors ``[K, C]`` of ``[K, 4]`` boxes (network-input pixels): each box cut out of ``image`` (any size:
+    the boxes are scaled to it), resized to the crop encoder's square input and normalized as the network input, run
+    through the crop encoder, and its features averaged under the map's share of that box (RoIAlign of the ``[h, w]``
+    map onto the feature grid) plus :data:`APPEARANCE_WEIGHT_FLOOR`."""
+    if encoders.crops is None or encoders.crop is None:
+        raise BundleError("grouping asks for crop vectors but the bundle has no crop encoder")
+    if len(boxes) == 0:
+        return np.zeros((0, 1), dtype=np.float32)
+    spec = encoders.crop
+    crop_input = encoders.preprocess.model_copy(update={"input_size": spec.crop_size})
+    to_image = np.asarray([image.width, image.height] * 2, dtype=np.float64) / input_size
+    crops = []
+    for box in np.asarray(boxes, dtype=np.float64):
+        x1, y1, x2, y2 = (float(v) for v in box * to_image)
+        cut = image.resize(
+            (spec.crop_size, spec.crop_size), Image.BILINEAR, box=(x1, y1, max(x2, x1 + 1), max(y2, y1 + 1))
+        )
+        crops.append(preprocess(cut, crop_input))
+    features = encoders.crops(np.stack(crops)).astype(np.float64)  # [K, C, s, s]
+    map_boxes = np.asarray(boxes, dtype=np.float64) / _map_scale(probability, input_size)
+    weights = roi_align(probability[None], map_boxes, features.shape[-1], 1, sampling_ratio=4)[:, 0]
+    weights = weights.astype(np.float64) + APPEARANCE_WEIGHT_FLOOR
+    vectors = np.einsum("kchw,khw->kc", features, weights) / weights.sum(axis=(1, 2))[:, None]
+    return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def instance_vectors(
     outputs: Mapping[str, np.ndarray],
+    image: Image.Image,
     boxes: np.ndarray,
-    embed: Callable[[np.ndarray], np.ndarray],
+    encoders: InstanceEncoders,
     spec: GroupingSpec,
-    region: RegionHeadSpec,
     input_size: int,
 ) -> np.ndarray:
-    """The unit vectors ``spec.vectors`` names for ``boxes``, from one image's :func:`image_outputs`."""
+    """The unit vectors ``spec.vectors`` names for ``boxes``, from one image's :func:`image_outputs` and the image."""
     if spec.vectors == "appearance":
         if "appearance" not in outputs:
             raise BundleError("grouping asks for appearance vectors but the bundle has no 'appearance' output")
         return appearance_vectors(outputs["appearance"], outputs["probability"], boxes, input_size)
-    return region_vectors(outputs["features"], boxes, embed, region)
+    if spec.vectors == "crops":
+        return crop_vectors(image, outputs["probability"], boxes, encoders, input_size)
+    return region_vectors(outputs["features"], boxes, encoders.regions, encoders.region)
 
 
 def _map_cells(box: np.ndarray, scale: np.ndarray) -> tuple[int, ...]:
@@ -425,21 +473,21 @@ def group_proposals(
 
 def find_groups(
     outputs: Mapping[str, np.ndarray],
-    embed: Callable[[np.ndarray], np.ndarray],
+    image: Image.Image,
+    encoders: InstanceEncoders,
     spec: GroupingSpec,
-    region: RegionHeadSpec,
     input_size: int,
 ) -> Grouping:
     """Group one image's instances: :func:`propose`, :func:`instance_vectors`, :func:`group_proposals`.
 
     Args:
-        outputs: the image's :func:`image_outputs`.
-        embed: the regional feature mapping head: pooled ``[K, C*P*P]`` → unit vectors ``[K, D]``.
-        spec: proposal, suppression, vector and clustering settings; ``region``: RoIAlign geometry of the head.
+        outputs: the image's :func:`image_outputs`; ``image``: the RGB image they were computed from (any size).
+        encoders: the bundle's graphs that describe instances.
+        spec: proposal, suppression, vector and clustering settings.
         input_size: side of the square network input.
     """
     boxes, scores = propose(outputs["probability"], outputs["boxes"], outputs["scores"], spec, input_size)
-    vectors = instance_vectors(outputs, boxes, embed, spec, region, input_size)
+    vectors = instance_vectors(outputs, image, boxes, encoders, spec, input_size)
     return group_proposals(outputs["probability"], boxes, scores, vectors, spec, input_size)
 
 

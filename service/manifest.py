@@ -96,6 +96,18 @@ class RegionHeadSpec(_Strict):
     stride: int = Field(ge=1)
 
 
+class CropEncoderSpec(_Strict):
+    """A co-saliency bundle's instance encoder: its frozen pretrained encoder as a graph of its own, run on each
+    instance's box cut out of the network input and resized to ``crop_size`` square (``[K, 3, S, S]``) and giving its
+    ``stride``-pixel features ``[K, C, S/stride, S/stride]``, which the service averages under the map."""
+
+    file: str
+    input_name: str = "crops"
+    output_name: str = "features"
+    crop_size: int = Field(ge=16)
+    stride: int = Field(ge=1)
+
+
 class GroupingSpec(_Strict):
     """How the service cuts instances and clusters them (``service/grouping.py``); chosen on validation scenes."""
 
@@ -108,9 +120,10 @@ class GroupingSpec(_Strict):
     # alike two such boxes look (0 in bundles exported before this field)
     min_map: float = Field(default=0.0, ge=0, le=1)
     nms_iou: float = Field(gt=0, le=1)
-    # what an instance's vector is: the regional feature mapping head on R (the paper's "learned"), or the bundle's
-    # frozen encoder features averaged under the map inside the box ("appearance"; "learned" in older bundles)
-    vectors: Literal["learned", "appearance"] = "learned"
+    # what an instance's vector is: the regional feature mapping head on R (the paper's "learned"), the bundle's
+    # frozen encoder features averaged under the map inside the box ("appearance"), or the frozen encoder run on the
+    # instance's own crop, averaged under the map ("crops": needs the bundle's crop encoder; "learned" in older bundles)
+    vectors: Literal["learned", "appearance", "crops"] = "learned"
     max_instances: int = Field(ge=1)
     distance_threshold: float = Field(gt=0, le=2)  # cosine distance below which clusters merge
     # a group member with more than this share of the map's mass inside its box lying inside better-fitting members'
@@ -153,6 +166,7 @@ class Manifest(_Strict):
     created_at: str
     regions: RegionHeadSpec | None = None  # co-saliency bundles: with ``grouping``, what ``outputs=groups`` needs
     grouping: GroupingSpec | None = None
+    crops: CropEncoderSpec | None = None  # co-saliency bundles exported since ``vectors: crops`` exists
 
     def output(self, kind: str) -> list[OutputSpec]:
         return [o for o in self.outputs if o.kind == kind]
@@ -188,6 +202,10 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
         raise BundleError(f"{path}: a co-saliency bundle needs both 'regions' and 'grouping'")
     if manifest.regions is not None and manifest.regions.file not in manifest.files:
         raise BundleError(f"{path}: regions names {manifest.regions.file!r}, which the manifest does not list")
+    if manifest.crops is not None and manifest.crops.file not in manifest.files:
+        raise BundleError(f"{path}: crops names {manifest.crops.file!r}, which the manifest does not list")
+    if manifest.grouping is not None and manifest.grouping.vectors == "crops" and manifest.crops is None:
+        raise BundleError(f"{path}: grouping asks for crop vectors but the bundle has no crop encoder ('crops')")
     if manifest.default_variant not in manifest.variants:
         raise BundleError(
             f"{path}: default variant {manifest.default_variant!r} is not among {sorted(manifest.variants)}"

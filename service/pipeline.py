@@ -277,7 +277,11 @@ class Pipeline:
         return maps
 
     def _groups(
-        self, result: InferenceResult, original: tuple[int, int], deadline: Deadline, png: Callable[[np.ndarray], str]
+        self,
+        result: InferenceResult,
+        decoded: _Decoded,
+        deadline: Deadline,
+        png: Callable[[np.ndarray], str],
     ) -> dict:
         """Co-saliency groups, singletons and map at the upload's size (``service/grouping.py``)."""
         manifest = self.engine.manifest
@@ -285,8 +289,9 @@ class Pipeline:
             raise BundleError(f"bundle {manifest.name} has no grouping settings")
         deadline.check("grouping")
         size = self.engine.input_size
+        original = decoded.original
         out = image_outputs(result.outputs, manifest)
-        grouping = find_groups(out, self.engine.embed_regions, self._grouping, manifest.regions, size)
+        grouping = find_groups(out, decoded.image, self.engine.instance_encoders(), self._grouping, size)
         deadline.check("grouping")
         # uint8 at the upload's size (one byte a pixel), cut from the network's map
         full = np.asarray(Image.fromarray(to_uint8(np.clip(out["probability"], 0, 1))).resize(original, Image.BILINEAR))
@@ -339,7 +344,7 @@ class Pipeline:
             fields["attention"] = [self._attention_point(result, p, decoded.original, deadline, png) for p in points]
             fields["attention_maps"] = self._image_attention(result, decoded.original, deadline, png)
         if "groups" in options.outputs:
-            fields |= self._groups(result, decoded.original, deadline, png)
+            fields |= self._groups(result, decoded, deadline, png)
         seconds = time.perf_counter() - start
         self._stage_seconds("postprocess").observe(seconds - encoding[0])
         self._stage_seconds("encode").observe(encoding[0])

@@ -33,7 +33,7 @@ def group_image(engine: Engine, image: Image.Image) -> Grouping:
         raise SystemExit(f"bundle {manifest.name} is not a co-saliency bundle")
     outputs, _ = engine.run_sync(preprocess(image, manifest.preprocess)[None])
     out = image_outputs({k: v[0] for k, v in outputs.items()}, manifest)
-    return find_groups(out, engine.embed_regions, manifest.grouping, manifest.regions, engine.input_size)
+    return find_groups(out, image, engine.instance_encoders(), manifest.grouping, engine.input_size)
 
 
 def draw(image: Image.Image, grouping: Grouping, input_size: int) -> Image.Image:

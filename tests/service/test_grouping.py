@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from service.grouping import (
     APPEARANCE_WEIGHT_FLOOR,
@@ -231,25 +232,72 @@ def test_appearance_vectors_average_the_features_under_the_map_inside_each_box()
     assert appearance_vectors(features, probability, np.zeros((0, 4)), 64).shape == (0, 2)
 
 
+def _pooling_encoder(crops: np.ndarray) -> np.ndarray:
+    """A stand-in crop encoder with a known answer: per 16-pixel cell, the mean red and the mean blue of the
+    normalized crop, shifted to [0, 2]."""
+    count, _, side, _ = crops.shape
+    cells = crops[:, [0, 2]].reshape(count, 2, side // 16, 16, side // 16, 16).mean(axis=(3, 5))
+    return cells + 1.0
+
+
+def _encoders(crops: object = _pooling_encoder, crop_size: int = 32) -> object:
+    from service.grouping import InstanceEncoders
+    from service.manifest import CropEncoderSpec, PreprocessSpec, RegionHeadSpec
+
+    region = RegionHeadSpec(file="regions.onnx", pool_size=1, stride=16, sampling_ratio=1)
+    preprocess = PreprocessSpec(input_size=64, resize="stretch", mean=[0.5] * 3, std=[0.5] * 3)
+    crop = CropEncoderSpec(file="crops.onnx", crop_size=crop_size, stride=16) if crops is not None else None
+    regions = lambda pooled: pooled[:, :1] + 1.0  # noqa: E731 - a one-dimensional "head": every vector is (1,)
+    return InstanceEncoders(regions, region, preprocess, crops, crop)  # type: ignore[arg-type]
+
+
+def _red_blue_image(side: int) -> Image.Image:
+    pixels = np.zeros((side, side, 3), np.uint8)
+    pixels[:, : side // 2, 0] = 255
+    pixels[:, side // 2 :, 2] = 255
+    return Image.fromarray(pixels)
+
+
+def test_crop_vectors_cut_each_box_from_the_image_and_pool_its_features_under_the_map() -> None:
+    from service.grouping import crop_vectors
+
+    image = _red_blue_image(128)  # twice the 64-pixel network input: boxes are scaled to the image
+    probability = np.zeros((32, 32), np.float32)  # half the input's side; lit on the left (red) half only
+    probability[:, :16] = 1.0
+    boxes = np.asarray([[0, 0, 32, 64], [16, 0, 48, 64], [40, 0, 64, 64]], np.float32)
+    vectors = crop_vectors(image, probability, boxes, _encoders(), 64)
+    # (tolerances: the resize's filter reaches a pixel or two past a box edge and where the colours meet)
+    np.testing.assert_allclose(vectors[0], [1.0, 0.0], atol=0.01)  # all red
+    # half red (lit), half blue (dark): the lit cells weigh 1 + ε, the dark ones ε (unweighted: [0.71, 0.71])
+    floor = APPEARANCE_WEIGHT_FLOOR
+    expected = np.asarray([1 + floor, floor]) / np.hypot(1 + floor, floor)
+    np.testing.assert_allclose(vectors[1], expected, atol=0.02)
+    np.testing.assert_allclose(vectors[2], [0.0, 1.0], atol=0.01)  # all blue and dark: its plain mean
+    assert crop_vectors(image, probability, np.zeros((0, 4)), _encoders(), 64).shape[0] == 0
+
+
 def test_instance_vectors_follow_the_spec_and_name_a_missing_output() -> None:
-    from service.manifest import BundleError, GroupingSpec, RegionHeadSpec
+    from service.manifest import BundleError, GroupingSpec
 
     spec = GroupingSpec(
         proposals="rpn", min_score=0.5, nms_iou=0.5, max_instances=12, distance_threshold=0.3,
         mask_threshold=0.5, min_area_fraction=0.01, vectors="appearance",
     )  # fmt: skip
-    region = RegionHeadSpec(file="regions.onnx", pool_size=1, stride=16, sampling_ratio=1, input_name="pooled",
-                            output_name="vectors")  # fmt: skip
     features = np.random.default_rng(0).random((3, 4, 4)).astype(np.float32)
     outputs = {"probability": np.ones((4, 4), np.float32), "features": features, "appearance": features[:2]}
     boxes = np.asarray([[0, 0, 32, 32]], np.float32)
-    embed = lambda pooled: pooled[:, :1] + 1.0  # noqa: E731 - a one-dimensional "head": every vector is (1,)
+    image = _red_blue_image(64)
+    encoders = _encoders()
     np.testing.assert_allclose(
-        instance_vectors(outputs, boxes, embed, spec, region, 64),
+        instance_vectors(outputs, image, boxes, encoders, spec, 64),
         appearance_vectors(features[:2], outputs["probability"], boxes, 64),
     )
     learned = spec.model_copy(update={"vectors": "learned"})
-    np.testing.assert_allclose(instance_vectors(outputs, boxes, embed, learned, region, 64), [[1.0]])
+    np.testing.assert_allclose(instance_vectors(outputs, image, boxes, encoders, learned, 64), [[1.0]])
+    crops = spec.model_copy(update={"vectors": "crops"})
+    np.testing.assert_allclose(instance_vectors(outputs, image, boxes, encoders, crops, 64), [[1.0, 0.0]], atol=0.01)
+    with pytest.raises(BundleError, match="crop encoder"):
+        instance_vectors(outputs, image, boxes, _encoders(crops=None), crops, 64)
     del outputs["appearance"]
     with pytest.raises(BundleError, match="appearance"):
-        instance_vectors(outputs, boxes, embed, spec, region, 64)
+        instance_vectors(outputs, image, boxes, encoders, spec, 64)

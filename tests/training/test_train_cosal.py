@@ -13,7 +13,7 @@ import yaml
 
 from export.bundle import ExportError, ExportOptions, export_bundle
 from export.checkpoint import load_checkpoint
-from service.manifest import load_manifest
+from service.manifest import MANIFEST_FILE, BundleError, load_manifest
 from training.cosal_data import SceneSource, write_scenes
 from training.cosal_losses import box_iou, nms, semi_hard_triplets
 from training.data import list_pairs
@@ -140,9 +140,17 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
         ExportOptions(checkpoint=tmp_path / "run" / "best.pt", out=out, speed_runs=2, grouping_scenes=val)
     )
     assert max(report["parity_regions"]["max_abs_diff"].values()) <= 1e-4
+    assert max(report["parity_crops"]["max_relative_diff"].values()) <= 1e-4
     manifest = load_manifest(out)
     assert {o.kind for o in manifest.outputs} == {"saliency", "embedding", "boxes", "scores", "appearance"}
     assert manifest.regions is not None and manifest.grouping is not None
+    assert manifest.crops is not None and manifest.crops.file in manifest.files
+    crop_grouping = manifest.grouping.model_copy(update={"vectors": "crops"})
+    without_crops = manifest.model_copy(update={"crops": None, "grouping": crop_grouping})
+    (out / MANIFEST_FILE).write_text(without_crops.model_dump_json())
+    with pytest.raises(BundleError, match="no crop encoder"):
+        load_manifest(out, verify=False)
+    (out / MANIFEST_FILE).write_text(manifest.model_dump_json())
     assert manifest.grouping.proposals == report["grouping"]["chosen"]
     assert set(manifest.variants["fp32"].accuracy[f"cosal_val:{val.name}"]) == {
         "group_found",
@@ -156,8 +164,8 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     assert evaluate_main(["--bundle", str(out), "--scenes", str(val), "--val-scenes", str(val), "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["count"] == 3 and set(result["proposals"]) == {"rpn", "components", "both"}
-    assert set(result["vectors"]) == {"learned", "appearance"}
-    assert result["vectors"]["appearance"]["settings"]["vectors"] == "appearance"
+    assert set(result["vectors"]) == {"learned", "appearance", "crops"}
+    assert all(row["settings"]["vectors"] == kind for kind, row in result["vectors"].items())
     assert result["baselines"]["colour_histogram"]["settings"]["vectors"] == "colour_histogram"
     if result["shipped"]["settings"]["proposals"] != "components":
         assert {kind: row["settings"]["rpn_score"] for kind, row in result["rpn_scores"].items()} == {
