@@ -205,20 +205,7 @@ def export_region_head(
         sampling_ratio=pool.sampling_ratio,
         stride=round(1 / pool.spatial_scale),
     )
-    dummy = torch.zeros(3, rfm.mlp[0].in_features)
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            (dummy,),
-            str(path),
-            input_names=[spec.input_name],
-            output_names=[spec.output_name],
-            dynamic_axes={spec.input_name: {0: "regions"}, spec.output_name: {0: "regions"}},
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    onnx.checker.check_model(str(path), full_check=True)
+    _export_instance_graph(wrapper, torch.zeros(3, rfm.mlp[0].in_features), path, spec, "regions", opset)
     return spec, wrapper
 
 
@@ -242,7 +229,14 @@ def export_crop_encoder(
     path = Path(path)
     wrapper = CropEncoderWrapper(model.encoder).eval()
     spec = CropEncoderSpec(file=path.name, crop_size=crop_size, stride=int(model.encoder.strides[-2]))
-    dummy = torch.zeros(2, 3, crop_size, crop_size)
+    _export_instance_graph(wrapper, torch.zeros(2, 3, crop_size, crop_size), path, spec, "crops", opset)
+    return spec, wrapper
+
+
+def _export_instance_graph(
+    wrapper: nn.Module, dummy: Tensor, path: Path, spec: RegionHeadSpec | CropEncoderSpec, axis: str, opset: int
+) -> None:
+    """Export one of a co-saliency bundle's per-instance graphs: one input, one output, the instance axis dynamic."""
     with torch.no_grad():
         torch.onnx.export(
             wrapper,
@@ -250,10 +244,9 @@ def export_crop_encoder(
             str(path),
             input_names=[spec.input_name],
             output_names=[spec.output_name],
-            dynamic_axes={spec.input_name: {0: "crops"}, spec.output_name: {0: "crops"}},
+            dynamic_axes={spec.input_name: {0: axis}, spec.output_name: {0: axis}},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,
         )
     onnx.checker.check_model(str(path), full_check=True)
-    return spec, wrapper
