@@ -88,7 +88,7 @@ class CoSalientGroup(BaseModel):
     """Salient instances of the same kind of thing."""
 
     id: int
-    cohesion: float = Field(description="mean pairwise cosine similarity of the members' region vectors (1 = alike)")
+    cohesion: float = Field(description="mean pairwise cosine similarity of the members' instance vectors (1 = alike)")
     members: list[GroupMember] = Field(description="two or more, most confident first")
 
 
