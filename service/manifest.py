@@ -98,8 +98,9 @@ class RegionHeadSpec(_Strict):
 
 class CropEncoderSpec(_Strict):
     """A co-saliency bundle's instance encoder: its frozen pretrained encoder as a graph of its own, run on each
-    instance's box cut out of the network input and resized to ``crop_size`` square (``[K, 3, S, S]``) and giving its
-    ``stride``-pixel features ``[K, C, S/stride, S/stride]``, which the service averages under the map."""
+    instance's box cut out of the image, resized to ``crop_size`` square and normalized as the network input
+    (``[K, 3, S, S]``), giving its ``stride``-pixel features ``[K, C, S/stride, S/stride]``, which the service averages
+    under the map."""
 
     file: str
     input_name: str = "crops"

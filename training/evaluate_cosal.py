@@ -24,8 +24,9 @@ what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
 - ``proposals``: each instance source (RPN boxes after NMS, connected components of the map, both), each with its
   settings chosen on ``--val-scenes``;
 - ``vectors``: the shipped instance source with each kind of instance vector the bundle offers (``learned``: the
-  regional feature mapping head, the paper's; ``appearance``: the frozen encoder's features under the map), each with
-  its settings chosen on ``--val-scenes``;
+  regional feature mapping head, the paper's; ``appearance``: the frozen encoder's features under the map;
+  ``crops``: the frozen encoder on each instance's own crop, under the map), each with its settings chosen on
+  ``--val-scenes``;
 - ``saliency_map_in_groups`` (with ``--saliency-bundle``): the same groups, but the co-saliency map taken from that
   saliency model's map inside the groups' boxes;
 - ``baselines``: ``colour_histogram`` (the shipped instances grouped by colour histograms instead of learned
