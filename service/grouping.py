@@ -300,6 +300,11 @@ def _mean_inside(probability: np.ndarray, box: np.ndarray) -> float:
     return float(probability[y1:y2, x1:x2].mean()) if x2 > x1 and y2 > y1 else 0.0
 
 
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (an all-zero row stays zero), as float32."""
+    return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def region_vectors(
     features: np.ndarray, boxes: np.ndarray, embed: Callable[[np.ndarray], np.ndarray], region: RegionHeadSpec
 ) -> np.ndarray:
@@ -309,7 +314,7 @@ def region_vectors(
         return np.zeros((0, 1), dtype=np.float32)
     pooled = roi_align(features, boxes, region.pool_size, region.stride, region.sampling_ratio)
     vectors = embed(pooled.reshape(len(pooled), -1))
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return _unit_rows(vectors)
 
 
 def appearance_vectors(features: np.ndarray, probability: np.ndarray, boxes: np.ndarray, input_size: int) -> np.ndarray:
@@ -328,7 +333,7 @@ def appearance_vectors(features: np.ndarray, probability: np.ndarray, boxes: np.
         inside = weights[r0:r1, c0:c1]
         vectors.append(np.einsum("chw,hw->c", features[:, r0:r1, c0:c1].astype(np.float64), inside) / inside.sum())
     stacked = np.asarray(vectors)
-    return (stacked / np.maximum(np.linalg.norm(stacked, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return _unit_rows(stacked)
 
 
 def crop_vectors(
@@ -357,7 +362,7 @@ def crop_vectors(
     weights = roi_align(probability[None], map_boxes, features.shape[-1], 1, sampling_ratio=4)[:, 0]
     weights = weights.astype(np.float64) + APPEARANCE_WEIGHT_FLOOR
     vectors = np.einsum("kchw,khw->kc", features, weights) / weights.sum(axis=(1, 2))[:, None]
-    return (vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    return _unit_rows(vectors)
 
 
 def instance_vectors(

@@ -128,7 +128,7 @@ def read_eval_scenes(folder: Path, limit: int | None = None) -> list[EvalScene]:
     return scenes
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: service_vectors keys its cache on the scene itself
 class SceneOutputs:
     """One scene's bundle outputs (``service.grouping.image_outputs``), its image and its network-input RGB."""
 
@@ -159,16 +159,16 @@ def service_vectors(engine: Engine) -> VectorFn:
     encoder's appearance features under the map, or the crop encoder's), each box's computed once per scene and kind:
     an instance's vector depends on its box alone, and the settings a calibration tries share most boxes."""
     encoders = engine.instance_encoders()
-    known: dict[tuple[int, str, bytes], np.ndarray] = {}
+    known: dict[tuple[SceneOutputs, str, bytes], np.ndarray] = {}
 
     def vectors(scene: SceneOutputs, boxes: np.ndarray, spec: GroupingSpec) -> np.ndarray:
-        keys = [(id(scene), spec.vectors, np.asarray(box, dtype=np.float32).tobytes()) for box in boxes]
+        if len(boxes) == 0:
+            return instance_vectors(scene.outputs, scene.image, boxes, encoders, spec, engine.input_size)
+        keys = [(scene, spec.vectors, np.asarray(box, dtype=np.float32).tobytes()) for box in boxes]
         fresh = [i for i, key in enumerate(keys) if key not in known]
         if fresh:
             found = instance_vectors(scene.outputs, scene.image, boxes[fresh], encoders, spec, engine.input_size)
             known.update(zip((keys[i] for i in fresh), found, strict=True))
-        if not keys:
-            return instance_vectors(scene.outputs, scene.image, boxes, encoders, spec, engine.input_size)
         return np.stack([known[key] for key in keys])
 
     return vectors
