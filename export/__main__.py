@@ -2,6 +2,7 @@
 
 python -m export --checkpoint PATH --out DIR [--int8 --calib-images DIR [--calib-split FILE] [--calib-count N]]
                  [--fp16] [--tensorrt] [--triton DIR] [--name NAME --version VER] [--grouping-scenes DIR]
+                 [--quality-head PT]
 
 Prints one JSON report on stdout; exits 2 with the reason on stderr when the export fails its checks.
 """
@@ -41,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
     parser.add_argument(
         "--grouping-scenes", type=Path, help="co-saliency models: validation scenes to choose the grouping settings on"
     )
+    parser.add_argument(
+        "--quality-head",
+        type=Path,
+        help="co-saliency models: an instance quality head to add (training.train_instance_quality's best.pt)",
+    )
     args = parser.parse_args(argv)
     if args.int8 and args.calib_images is None:
         parser.error("--int8 needs --calib-images DIR")
@@ -61,6 +67,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         speed_runs=args.speed_runs,
         threads=args.threads,
         grouping_scenes=args.grouping_scenes,
+        quality_head=args.quality_head,
     )
 
 

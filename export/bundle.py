@@ -29,10 +29,12 @@ from export.onnx_export import (
     CROP_ENCODER_FILE,
     INPUT_NAME,
     OPSET,
+    QUALITY_HEAD_FILE,
     REGION_HEAD_FILE,
     ExportedGraph,
     export_crop_encoder,
     export_onnx,
+    export_quality_head,
     export_region_head,
 )
 from export.parity import check_parity, cpu_session, max_abs_diff, top_weight_agreement
@@ -41,6 +43,7 @@ from export.tensorrt import build_engine, detect_tensorrt
 from export.timing import measure
 from export.triton import write_triton_repository
 from models import model_paper
+from models.cosal import InstanceQualityHead
 from service.engine import Engine
 from service.manifest import (
     MANIFEST_FILE,
@@ -49,6 +52,7 @@ from service.manifest import (
     GroupingSpec,
     Manifest,
     PreprocessSpec,
+    QualityHeadSpec,
     RegionHeadSpec,
     RejectedVariantSpec,
     SourceSpec,
@@ -61,8 +65,10 @@ from training.evaluate_cosal import (
     calibrate,
     evaluate,
     grouping_objective,
+    proposal_sources,
     read_eval_scenes,
     run_bundle,
+    service_quality,
     service_vectors,
     vector_kinds,
 )
@@ -106,6 +112,7 @@ class ExportOptions:
     speed_runs: int = 30
     threads: int = 2
     grouping_scenes: Path | None = None
+    quality_head: Path | None = None
 
 
 def _parity_images(options: ExportOptions, data: EvalSplit | None) -> list[Path]:
@@ -196,6 +203,8 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
         raise ExportError(
             "co-saliency bundles are exported in fp32 only (their region vectors were not checked in lower precision)"
         )
+    if options.quality_head is not None and not cosal:
+        raise ExportError("--quality-head scores co-saliency instances: the checkpoint is not a co-saliency model")
     if cosal and options.grouping_scenes is None:
         raise ExportError(
             "a co-saliency model needs --grouping-scenes DIR (validation scenes from"
@@ -256,7 +265,11 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
             report["tensorrt"] = _tensorrt_variant(fp32, work, size, variants)
 
         regions = _export_region_head(ckpt, graph, work, parity_batch, options, report) if cosal else None
-        crops = _export_crop_encoder(ckpt, work, parity_batch, options, report) if cosal else None
+        crops, quality = None, None
+        if cosal:
+            crops, crop_features = _export_crop_encoder(ckpt, work, parity_batch, options, report)
+            if options.quality_head is not None:
+                quality = _export_quality_head(options.quality_head, work, crop_features, options, report)
         manifest = Manifest(
             name=options.name or _default_name(ckpt),
             version=options.version or _default_version(ckpt),
@@ -285,6 +298,7 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
             regions=regions,
             crops=crops,
+            quality=quality,
             grouping=_provisional_grouping() if cosal else None,
         )
         (work / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")
@@ -333,8 +347,9 @@ def _export_region_head(
 
 def _export_crop_encoder(
     ckpt: LoadedCheckpoint, work: Path, parity_batch: np.ndarray, options: ExportOptions, report: dict[str, Any]
-) -> CropEncoderSpec:
-    """Export the frozen encoder for instance crops and check it on real crops (the parity images' quarters)."""
+) -> tuple[CropEncoderSpec, np.ndarray]:
+    """Export the frozen encoder for instance crops and check it on real crops (the parity images' quarters); returns
+    its spec and those crops' features."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
         spec, wrapper = export_crop_encoder(ckpt.model, work / CROP_ENCODER_FILE)
@@ -350,6 +365,40 @@ def _export_crop_encoder(
     diffs = {spec.output_name: float(np.abs(got - expected).max() / max(float(np.abs(expected).max()), 1e-12))}
     report["parity_crops"] = {"crops": len(crops), "tolerance": FP32_TOLERANCE, "max_relative_diff": diffs}
     check_parity(diffs, FP32_TOLERANCE, "ONNX Runtime crop encoder (relative to its largest feature)")
+    return spec, got
+
+
+def _export_quality_head(
+    checkpoint: Path, work: Path, crop_features: np.ndarray, options: ExportOptions, report: dict[str, Any]
+) -> QualityHeadSpec:
+    """Export an instance quality head (``training.train_instance_quality``'s ``best.pt``) and check it on the
+    parity crops' real features, with two map channels made from them."""
+    if not Path(checkpoint).is_file():
+        raise ExportError(f"--quality-head {checkpoint}: no such file")
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or state.get("model") != "instance_quality":
+        raise ExportError(f"--quality-head {checkpoint} is not a training.train_instance_quality checkpoint")
+    head = InstanceQualityHead(**state["model_kwargs"])
+    head.load_state_dict(state["state_dict"])
+    channels, size = crop_features.shape[1], crop_features.shape[-1]
+    if (head.channels, head.size) != (channels, size):
+        raise ExportError(
+            f"--quality-head {checkpoint} reads {head.channels}-channel {head.size}² crop features, but this bundle's "
+            f"crop encoder gives {channels}-channel {size}² ones (trained for another encoder?)"
+        )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notices
+        source = f"{checkpoint}: {state.get('train_scenes', '')}"
+        spec, wrapper = export_quality_head(head, work / QUALITY_HEAD_FILE, source)
+    magnitude = np.abs(crop_features).mean(axis=1, keepdims=True)
+    map_like = magnitude / max(float(magnitude.max()), 1e-12)
+    inputs = np.concatenate([crop_features, map_like, map_like[:, :, ::-1]], axis=1).astype(np.float32)
+    with torch.no_grad():
+        expected = wrapper(torch.from_numpy(inputs)).numpy()
+    got = cpu_session(work / QUALITY_HEAD_FILE, options.threads).run(None, {spec.input_name: inputs})[0]
+    diffs = {spec.output_name: float(np.abs(got - expected).max())}
+    report["parity_quality"] = {"candidates": len(inputs), "tolerance": FP32_TOLERANCE, "max_abs_diff": diffs}
+    check_parity(diffs, FP32_TOLERANCE, "ONNX Runtime instance quality head")
     return spec
 
 
@@ -377,11 +426,13 @@ def _choose_grouping(
         scenes = read_eval_scenes(scenes_dir)
         outputs = run_bundle(engine, scenes, progress=False)
         vectors = service_vectors(engine)
-        kinds = vector_kinds(engine.manifest)
-        table = calibrate(scenes, outputs, vectors, engine.input_size, label=str(scenes_dir), vector_kinds=kinds)
+        quality = service_quality(engine) if engine.manifest.quality else None
+        sources, kinds = proposal_sources(engine.manifest), vector_kinds(engine.manifest)
+        table = calibrate(scenes, outputs, vectors, engine.input_size, sources, str(scenes_dir), kinds, quality)
         per_source = best_per(table, "proposals")
         scores = {
-            mode: evaluate(scenes, outputs, vectors, spec, engine.input_size) for mode, spec in per_source.items()
+            mode: evaluate(scenes, outputs, vectors, spec, engine.input_size, quality=quality)
+            for mode, spec in per_source.items()
         }
     finally:
         engine.close()

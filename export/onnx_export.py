@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.manifest import AttentionSpec, CropEncoderSpec, OutputSpec, RegionHeadSpec
+from models.cosal import InstanceQualityHead
+from service.manifest import AttentionSpec, CropEncoderSpec, OutputSpec, QualityHeadSpec, RegionHeadSpec
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ SCORES_NAME = "rpn_scores"
 APPEARANCE_NAME = "appearance"
 REGION_HEAD_FILE = "regions.onnx"
 CROP_ENCODER_FILE = "crops.onnx"
+QUALITY_HEAD_FILE = "quality.onnx"
 # Side of an instance's crop for the crop encoder: ten stride-16 cells across, where a 50-pixel copy in a 320-pixel
 # input spans three (EfficientNet-Lite0 on 160-pixel crops costs ~10 ms a crop on one core here)
 CROP_SIZE = 160
@@ -233,8 +235,37 @@ def export_crop_encoder(
     return spec, wrapper
 
 
+class QualityHeadWrapper(nn.Module):
+    """The instance quality head with its sigmoid: ``[K, C + 2, s, s]`` → predicted IoU ``[K]`` in [0, 1]."""
+
+    def __init__(self, head: InstanceQualityHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return torch.sigmoid(self.head(inputs))
+
+
+def export_quality_head(
+    head: InstanceQualityHead, path: str | Path, source: str, opset: int = OPSET
+) -> tuple[QualityHeadSpec, QualityHeadWrapper]:
+    """Export an instance quality head (``training.train_instance_quality``) as its own graph with a dynamic candidate
+    axis, for ``proposals: scored`` (``service.grouping.quality_inputs`` builds its inputs in numpy)."""
+    path = Path(path)
+    wrapper = QualityHeadWrapper(head).eval()
+    spec = QualityHeadSpec(file=path.name, source=source)
+    dummy = torch.zeros(2, head.channels + 2, head.size, head.size)
+    _export_instance_graph(wrapper, dummy, path, spec, "candidates", opset)
+    return spec, wrapper
+
+
 def _export_instance_graph(
-    wrapper: nn.Module, dummy: Tensor, path: Path, spec: RegionHeadSpec | CropEncoderSpec, axis: str, opset: int
+    wrapper: nn.Module,
+    dummy: Tensor,
+    path: Path,
+    spec: RegionHeadSpec | CropEncoderSpec | QualityHeadSpec,
+    axis: str,
+    opset: int,
 ) -> None:
     """Export one of a co-saliency bundle's per-instance graphs: one input, one output, the instance axis dynamic."""
     with torch.no_grad():

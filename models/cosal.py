@@ -148,6 +148,44 @@ class RegionalFeatureMapping(nn.Module):
         return F.normalize(self.mlp(pooled.flatten(1)), dim=1)
 
 
+class InstanceQualityHead(nn.Module):
+    """Scores how well a candidate box frames one whole object: its predicted IoU with the best-matching object.
+
+    A second stage after the RPN, in the spirit of Fast R-CNN's box classifier, not part of the paper: the RPN frames
+    a box on almost every object, but boxes that span two touching objects, or sit shifted on one, score as high as
+    the boxes on objects and win the suppression. The head reads the frozen encoder's features of the box's own crop
+    with the co-saliency map inside the box and inside the box grown by half its size (``service.grouping.
+    quality_inputs``): two objects in one box, an object cut by the box's edge, mass just outside it.
+
+    Args:
+        channels: channels of the crop features (plus the two map channels: ``channels + 2`` in).
+        hidden: width of the convolutions and of the hidden linear layer.
+        size: side of the crop feature grid.
+
+    Returns (forward): ``[K]`` logits for ``[K, channels + 2, size, size]`` inputs.
+    """
+
+    def __init__(self, channels: int, hidden: int = 64, size: int = 10) -> None:
+        super().__init__()
+        self.channels, self.size = channels, size
+        reduced = (size + 1) // 2
+        self.trunk = nn.Sequential(
+            nn.Conv2d(channels + 2, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, stride=2, padding=1),
+            nn.ReLU(inplace=True),
+        )
+        self.score = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(hidden * reduced * reduced, 2 * hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(2 * hidden, 1),
+        )
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.score(self.trunk(inputs)).squeeze(1)
+
+
 class CoSaliencyNet(nn.Module):
     """U-Net with a feature-sensitive block, an RPN and a regional feature mapping head (Fig. 2).
 

@@ -100,13 +100,14 @@ class Engine:
             raise BundleError(f"{model_path} lacks outputs {missing} that the manifest declares")
         self._regions = self._head_session(bundle_dir / manifest.regions.file) if manifest.regions else None
         self._crops = self._head_session(bundle_dir / manifest.crops.file) if manifest.crops else None
+        self._quality = self._head_session(bundle_dir / manifest.quality.file) if manifest.quality else None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         log.info("loaded bundle %s variant %s on %s", bundle_dir, chosen, in_use)
 
     @staticmethod
     def _head_session(path: Path) -> ort.InferenceSession:
-        """A co-saliency bundle's instance graph (region head, crop encoder): one thread, run on the caller's
-        (post-processing) thread."""
+        """A co-saliency bundle's instance graph (region head, crop encoder, quality head): one thread, run on the
+        caller's (post-processing) thread."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
@@ -129,13 +130,21 @@ class Engine:
         spec = self.manifest.crops
         return self._crops.run([spec.output_name], {spec.input_name: crops.astype(np.float32)})[0]
 
+    def score_instances(self, inputs: np.ndarray) -> np.ndarray:
+        """The instance quality head of a co-saliency bundle: ``quality_inputs`` ``[K, C + 2, s, s]`` → ``[K]``."""
+        if self._quality is None or self.manifest.quality is None:
+            raise BundleError(f"bundle {self.manifest.name} has no instance quality head")
+        spec = self.manifest.quality
+        return self._quality.run([spec.output_name], {spec.input_name: inputs.astype(np.float32)})[0]
+
     def instance_encoders(self) -> InstanceEncoders:
         """The bundle's graphs that describe instances, for ``service.grouping``."""
         if self.manifest.regions is None:
             raise BundleError(f"bundle {self.manifest.name} has no regional feature mapping head")
         crops = self.encode_crops if self._crops is not None else None
+        quality = self.score_instances if self._quality is not None else None
         return InstanceEncoders(
-            self.embed_regions, self.manifest.regions, self.manifest.preprocess, crops, self.manifest.crops
+            self.embed_regions, self.manifest.regions, self.manifest.preprocess, crops, self.manifest.crops, quality
         )
 
     @property

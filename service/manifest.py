@@ -109,11 +109,23 @@ class CropEncoderSpec(_Strict):
     stride: int = Field(ge=1)
 
 
+class QualityHeadSpec(_Strict):
+    """A co-saliency bundle's instance quality head: a small ONNX graph that scores candidate boxes by their predicted
+    IoU with the object they frame, from ``service.grouping.quality_inputs`` ``[K, C + 2, s, s]`` (the crop encoder's
+    features and two map channels) to ``[K]`` scores in [0, 1]."""
+
+    file: str
+    input_name: str = "inputs"
+    output_name: str = "quality"
+    source: str = ""  # the head's checkpoint and the scenes it was trained on
+
+
 class GroupingSpec(_Strict):
     """How the service cuts instances and clusters them (``service/grouping.py``); chosen on validation scenes."""
 
-    proposals: Literal["rpn", "components", "both"]
-    min_score: float = Field(ge=0, le=1)  # RPN score (below) an instance needs
+    # "scored": candidates (RPN boxes and components) scored by the bundle's instance quality head
+    proposals: Literal["rpn", "components", "both", "scored"]
+    min_score: float = Field(ge=0, le=1)  # RPN score (below), or with "scored" predicted quality, an instance needs
     # an RPN box's score: its objectness probability, or that times how well the box frames the map around it
     # (service.grouping.box_fit): the objectness alone ranks many true boxes low ("objectness" in older bundles)
     rpn_score: Literal["objectness", "objectness_fit"] = "objectness"
@@ -168,6 +180,7 @@ class Manifest(_Strict):
     regions: RegionHeadSpec | None = None  # co-saliency bundles: with ``grouping``, what ``outputs=groups`` needs
     grouping: GroupingSpec | None = None
     crops: CropEncoderSpec | None = None  # co-saliency bundles exported since ``vectors: crops`` exists
+    quality: QualityHeadSpec | None = None  # co-saliency bundles exported with ``--quality-head``
 
     def output(self, kind: str) -> list[OutputSpec]:
         return [o for o in self.outputs if o.kind == kind]
@@ -207,6 +220,14 @@ def load_manifest(bundle_dir: str | Path, verify: bool = True) -> Manifest:
         raise BundleError(f"{path}: crops names {manifest.crops.file!r}, which the manifest does not list")
     if manifest.grouping is not None and manifest.grouping.vectors == "crops" and manifest.crops is None:
         raise BundleError(f"{path}: grouping asks for crop vectors but the bundle has no crop encoder ('crops')")
+    if manifest.quality is not None and manifest.quality.file not in manifest.files:
+        raise BundleError(f"{path}: quality names {manifest.quality.file!r}, which the manifest does not list")
+    scored = manifest.grouping is not None and manifest.grouping.proposals == "scored"
+    if scored and (manifest.quality is None or manifest.crops is None):
+        raise BundleError(
+            f"{path}: grouping asks for scored proposals but the bundle lacks the instance quality head "
+            "('quality') or the crop encoder it reads ('crops')"
+        )
     if manifest.default_variant not in manifest.variants:
         raise BundleError(
             f"{path}: default variant {manifest.default_variant!r} is not among {sorted(manifest.variants)}"

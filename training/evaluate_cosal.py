@@ -21,8 +21,8 @@ what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
 - ``rpn_scores`` (shipped source ``rpn`` or ``both``): the RPN's boxes scored by objectness alone and by objectness
   × box fit, each with its settings chosen on ``--val-scenes``;
 - ``decoder_map``: max F / MAE of the network's co-saliency map before grouping;
-- ``proposals``: each instance source (RPN boxes after NMS, connected components of the map, both), each with its
-  settings chosen on ``--val-scenes``;
+- ``proposals``: each instance source (RPN boxes after NMS, connected components of the map, both, and with an
+  instance quality head in the bundle the candidates it scores), each with its settings chosen on ``--val-scenes``;
 - ``vectors``: the shipped instance source with each kind of instance vector the bundle offers (``learned``: the
   regional feature mapping head, the paper's; ``appearance``: the frozen encoder's features under the map;
   ``crops``: the frozen encoder on each instance's own crop, under the map), each with its settings chosen on
@@ -62,6 +62,7 @@ from service.grouping import (
     distinct_members,
     group_proposals,
     image_outputs,
+    instance_quality,
     instance_vectors,
     propose,
 )
@@ -86,6 +87,10 @@ NMS_IOUS = (0.3, 0.5)
 # A group member with more than this share of its map mass inside better-fitting members' boxes is a duplicate
 # (1: none dropped). A composed scene's copy hides at most 35 % of another (training.cosal_data.MAX_OVERLAP).
 MEMBER_OVERLAPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
+# Predicted IoU a scored candidate needs, and its suppression: the head scores a box spanning two overlapping objects
+# low, so overlapping copies can survive a looser NMS than the RPN's objectness allows
+QUALITY_MIN_SCORES = (0.2, 0.3, 0.4, 0.5, 0.6)
+QUALITY_NMS_IOUS = (0.3, 0.5, 0.6)
 MASK_THRESHOLD = 0.5
 MIN_AREA_FRACTION = 0.002
 # Crop vectors tell copies apart well enough that more candidate boxes help (an uncommitted probe on 200 test
@@ -174,6 +179,35 @@ def service_vectors(engine: Engine) -> VectorFn:
     return vectors
 
 
+QualityFn = Callable[[SceneOutputs, np.ndarray], np.ndarray]
+
+
+def service_quality(engine: Engine) -> QualityFn:
+    """The instance quality head's scores as the service computes them, each box's once per scene (the settings a
+    calibration tries all score the same candidates)."""
+    encoders = engine.instance_encoders()
+    known: dict[tuple[SceneOutputs, bytes], float] = {}
+
+    def quality(scene: SceneOutputs, boxes: np.ndarray) -> np.ndarray:
+        keys = [(scene, np.asarray(box, dtype=np.float32).tobytes()) for box in boxes]
+        fresh = [i for i, key in enumerate(keys) if key not in known]
+        if fresh:
+            found = instance_quality(scene.outputs, scene.image, boxes[fresh], encoders, engine.input_size)
+            known.update(zip((keys[i] for i in fresh), found.tolist(), strict=True))
+        return np.asarray([known[key] for key in keys], dtype=np.float32)
+
+    return quality
+
+
+def _propose(
+    scene: SceneOutputs, spec: GroupingSpec, input_size: int, quality: QualityFn | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`service.grouping.propose` on one scene's outputs (scored by ``quality`` where ``spec`` asks)."""
+    o = scene.outputs
+    scores = None if quality is None else (lambda boxes: quality(scene, boxes))
+    return propose(o["probability"], o["boxes"], o["scores"], spec, input_size, scores)
+
+
 def colour_vectors(scene: SceneOutputs, boxes: np.ndarray, spec: GroupingSpec) -> np.ndarray:
     """Baseline: each box's joint RGB histogram (8 bins per channel), square-rooted and L2-normalized (so cosine
     distance is the Hellinger distance's monotone cousin); ``spec.vectors`` is ignored."""
@@ -229,6 +263,9 @@ def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
         if mode == "components":
             specs.append(_base_spec("components", 0.0, 0.0, 0.5, 1.0, ""))
             continue
+        if mode == "scored":
+            specs += [_base_spec(mode, s, 0.0, n, 1.0, "") for s in QUALITY_MIN_SCORES for n in QUALITY_NMS_IOUS]
+            continue
         rpn = [_base_spec(mode, s, m, n, 1.0, "") for s in MIN_SCORES for m in MIN_MAPS for n in NMS_IOUS]
         rpn += [
             _base_spec(mode, s, FIT_MIN_MAP, n, 1.0, "").model_copy(update={"rpn_score": "objectness_fit"})
@@ -258,9 +295,11 @@ def calibrate(
     proposals: Iterable[str] = ("rpn", "components", "both"),
     label: str = "",
     vector_kinds: Iterable[str] = ("learned",),
+    quality: QualityFn | None = None,
 ) -> Calibration:
     """The best settings on these (validation) scenes, by :func:`grouping_objective`, for each instance source, vector
-    kind and RPN score (``rpn_score``; ``objectness`` for components).
+    kind and RPN score (``rpn_score``; ``objectness`` for components); ``quality`` scores the candidates of
+    ``scored`` proposals.
 
     Each source's proposal settings (``both`` with and without ``split_components``) are tried on every scene once,
     with each of ``vector_kinds``; the clustering threshold is swept by cutting one average-linkage agglomeration per
@@ -274,7 +313,7 @@ def calibrate(
         found, exact, ari = np.zeros(shape), np.zeros(shape), np.zeros(shape)
         for scene, out in zip(scenes, outputs, strict=True):
             o = out.outputs
-            boxes, _ = propose(o["probability"], o["boxes"], o["scores"], proposal_spec, input_size)
+            boxes, _ = _propose(out, proposal_spec, input_size, quality)
             pixels = _scene_pixels(boxes, scene, input_size)
             fit = box_fit(o["probability"], boxes, input_size)
             for k, candidate in enumerate(candidates):
@@ -333,6 +372,12 @@ def vector_kinds(manifest: Manifest) -> tuple[str, ...]:
     return ("learned", *offered, *(("crops",) if manifest.crops else ()))
 
 
+def proposal_sources(manifest: Manifest) -> tuple[str, ...]:
+    """The instance sources a bundle offers: RPN boxes, map components and both always, scored candidates when it
+    has an instance quality head."""
+    return ("rpn", "components", "both", *(("scored",) if manifest.quality else ()))
+
+
 def evaluate(
     scenes: list[EvalScene],
     outputs: list[SceneOutputs],
@@ -340,6 +385,7 @@ def evaluate(
     spec: GroupingSpec,
     input_size: int,
     maps: list[np.ndarray] | None = None,
+    quality: QualityFn | None = None,
 ) -> dict[str, Any]:
     """Group every scene with ``spec`` and score the groups and the co-saliency map: the bundle's own map inside
     the groups' boxes, or ``maps`` (one probability map per scene, any size) inside them."""
@@ -349,7 +395,7 @@ def evaluate(
     copies = {"rpn_any_box": 0, "proposals": 0, "answer": 0}
     for index, (scene, out) in enumerate(zip(scenes, outputs, strict=True)):
         o = out.outputs
-        boxes, scores = propose(o["probability"], o["boxes"], o["scores"], spec, input_size)
+        boxes, scores = _propose(out, spec, input_size, quality)
         grouping = group_proposals(o["probability"], boxes, scores, vectors(out, boxes, spec), spec, input_size)
         pred_boxes, labels = _labels(grouping)
         pixels = _scene_pixels(pred_boxes, scene, input_size)
@@ -446,42 +492,54 @@ def main(argv: list[str] | None = None) -> int:
     test_out = run_bundle(engine, test, progress)
     val_out = run_bundle(engine, val, progress)
     learned = service_vectors(engine)
+    quality = service_quality(engine) if engine.manifest.quality else None
+
+    def scores(vectors: VectorFn, spec: GroupingSpec, maps: list[np.ndarray] | None = None) -> dict[str, Any]:
+        return evaluate(test, test_out, vectors, spec, size, maps, quality)
+
     table = calibrate(
-        val, val_out, learned, size, label=str(args.val_scenes), vector_kinds=vector_kinds(engine.manifest)
+        val,
+        val_out,
+        learned,
+        size,
+        proposal_sources(engine.manifest),
+        str(args.val_scenes),
+        vector_kinds(engine.manifest),
+        quality,
     )
     per_source = best_per(table, "proposals")
     colour = best_per(
-        calibrate(val, val_out, colour_vectors, size, (shipped.proposals,), str(args.val_scenes)), "proposals"
+        calibrate(val, val_out, colour_vectors, size, (shipped.proposals,), str(args.val_scenes), quality=quality),
+        "proposals",
     )
-    colour_row = evaluate(test, test_out, colour_vectors, colour[shipped.proposals], size)
+    colour_row = scores(colour_vectors, colour[shipped.proposals])
     colour_row["settings"]["vectors"] = "colour_histogram"
     result: dict[str, Any] = {
         "bundle": str(engine.info.bundle_dir),
         "variant": engine.info.variant,
         "scenes": str(args.scenes),
         "count": len(test),
-        "shipped": evaluate(test, test_out, learned, shipped, size),
+        "shipped": scores(learned, shipped),
         # the shipped settings keeping every member, duplicates of a copy included (what member_overlap changes)
-        "every_member": evaluate(test, test_out, learned, shipped.model_copy(update={"member_overlap": 1.0}), size),
+        "every_member": scores(learned, shipped.model_copy(update={"member_overlap": 1.0})),
         "decoder_map": map_scores(test, (o.outputs["probability"] for o in test_out)),
-        "proposals": {mode: evaluate(test, test_out, learned, spec, size) for mode, spec in per_source.items()},
+        "proposals": {mode: scores(learned, spec) for mode, spec in per_source.items()},
         "vectors": {
-            kind: evaluate(test, test_out, learned, spec, size)
+            kind: scores(learned, spec)
             for kind, spec in best_per(table, "vectors", proposals=shipped.proposals).items()
         },
         "baselines": {"colour_histogram": colour_row},
     }
-    if shipped.proposals != "components":
+    if shipped.proposals in ("rpn", "both"):
         # how the RPN's boxes are scored (objectness alone, or times box fit), each with its settings chosen on
         # --val-scenes for the shipped instance source and vectors
         result["rpn_scores"] = {
-            kind: evaluate(test, test_out, learned, spec, size)
+            kind: scores(learned, spec)
             for kind, spec in best_per(table, "rpn_score", proposals=shipped.proposals, vectors=shipped.vectors).items()
         }
     if shipped.proposals == "both":
         # the shipped settings with every connected component kept whole (what split_components changes)
-        whole = shipped.model_copy(update={"split_components": False})
-        result["whole_components"] = evaluate(test, test_out, learned, whole, size)
+        result["whole_components"] = scores(learned, shipped.model_copy(update={"split_components": False}))
     if args.saliency_bundle:
         saliency = Engine(args.saliency_bundle, "auto", ["CPUExecutionProvider"], intra_op_threads=args.threads)
         saliency_maps = list(_saliency_maps(saliency, test))
@@ -491,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
         # co-saliency model's own map, whichever model the request names: this row says what the other map would give).
         result["saliency_map_in_groups"] = {
             "bundle": bundle,
-            **evaluate(test, test_out, learned, shipped, size, maps=saliency_maps),
+            **scores(learned, shipped, saliency_maps),
         }
     text = json.dumps(result, indent=2)
     if args.out:

@@ -9,10 +9,12 @@ from PIL import Image
 
 from service.grouping import (
     APPEARANCE_WEIGHT_FLOOR,
+    CANDIDATE_MIN_SCORE,
     appearance_vectors,
     average_linkage,
     box_fit,
     box_iou,
+    candidate_boxes,
     cluster,
     component_boxes,
     cosaliency_map,
@@ -23,6 +25,7 @@ from service.grouping import (
     label_components,
     nms,
     propose,
+    quality_inputs,
     roi_align,
     split_components,
 )
@@ -301,3 +304,102 @@ def test_instance_vectors_follow_the_spec_and_name_a_missing_output() -> None:
     del outputs["appearance"]
     with pytest.raises(BundleError, match="appearance"):
         instance_vectors(outputs, image, boxes, encoders, spec, 64)
+
+
+def _two_objects() -> np.ndarray:
+    probability = np.zeros((32, 32), np.float32)  # 128-pixel input, 4 input pixels per map pixel
+    probability[4:12, 4:12] = 0.9  # input box (16, 16, 48, 48)
+    probability[20:28, 20:28] = 0.8  # input box (80, 80, 112, 112)
+    return probability
+
+
+def test_scored_proposals_keep_the_candidates_the_quality_head_rates_after_nms() -> None:
+    from service.manifest import BundleError, GroupingSpec
+
+    probability = _two_objects()
+    rpn_boxes = np.asarray(
+        [[16, 16, 48, 48], [12, 12, 52, 52], [0, 0, 8, 8], [80, 80, 112, 112], [16, 16, 112, 112]], np.float32
+    )
+    # the last two fall below the candidates' objectness floor; the box at the corner holds no map
+    rpn_scores = np.asarray([0.9, 0.5, 0.9, CANDIDATE_MIN_SCORE / 2, CANDIDATE_MIN_SCORE / 2], np.float32)
+    spec = GroupingSpec(
+        proposals="scored", min_score=0.8, nms_iou=0.5, max_instances=12, distance_threshold=0.3,
+        mask_threshold=0.5, min_area_fraction=0.01,
+    )  # fmt: skip
+    candidates = candidate_boxes(probability, rpn_boxes, rpn_scores, spec, 128)
+    # the map's components first, then the RPN's boxes (IoU 0.64 between the two on the first object: both stay)
+    np.testing.assert_allclose(candidates, [[16, 16, 48, 48], [80, 80, 112, 112], [16, 16, 48, 48], [12, 12, 52, 52]])
+    seen = []
+
+    def quality(boxes: np.ndarray) -> np.ndarray:  # a stand-in head: boxes 32 pixels wide are best
+        seen.append(boxes)
+        return 1 - np.abs(boxes[:, 2] - boxes[:, 0] - 32) / 32
+
+    boxes, scores = propose(probability, rpn_boxes, rpn_scores, spec, 128, quality)
+    np.testing.assert_allclose(seen[0], candidates)
+    # the 40-pixel box scores 0.75 < 0.8; the RPN's copy of the first component goes in NMS
+    np.testing.assert_allclose(boxes, [[16, 16, 48, 48], [80, 80, 112, 112]])
+    np.testing.assert_allclose(scores, [1.0, 1.0])
+    loose = spec.model_copy(update={"min_score": 0.7})
+    assert len(propose(probability, rpn_boxes, rpn_scores, loose, 128, quality)[0]) == 2  # IoU 0.64 > NMS 0.5
+    with pytest.raises(BundleError, match="quality head"):
+        propose(probability, rpn_boxes, rpn_scores, spec, 128)
+
+
+def test_quality_inputs_stack_the_crop_features_with_the_map_in_and_around_each_box() -> None:
+    probability = _two_objects()
+    boxes = np.asarray([[16, 16, 48, 48], [0, 0, 64, 64]], np.float32)
+    features = np.random.default_rng(0).random((2, 3, 8, 8)).astype(np.float32)
+    inputs = quality_inputs(features, probability, boxes, 128)
+    assert inputs.shape == (2, 5, 8, 8)
+    np.testing.assert_array_equal(inputs[:, :3], features)
+    # the first box frames its object: the map inside it is the object's 0.9 (the edge bins reach its border)
+    np.testing.assert_allclose(inputs[0, 3, 1:-1, 1:-1], 0.9, atol=1e-6)
+    # grown by half its size on every side, the box (0, 0, 64, 64) holds the object in its middle half (bilinear
+    # samples blend its border bins with the background)
+    np.testing.assert_allclose(inputs[0, 4, 3:5, 3:5], 0.9, atol=1e-6)
+    assert np.all(inputs[0, 4, 2:6, 2:6] > 0.75)
+    np.testing.assert_allclose(inputs[0, 4, [0, 0, 7, 7], [0, 7, 0, 7]], 0.0, atol=1e-6)
+    # the second box's inside equals the first box's context
+    np.testing.assert_allclose(inputs[1, 3], inputs[0, 4], atol=1e-6)
+
+
+def test_instance_quality_runs_the_head_on_the_crops_and_names_a_missing_head() -> None:
+    from dataclasses import replace
+
+    from service.grouping import instance_quality
+    from service.manifest import BundleError
+
+    probability = np.zeros((32, 32), np.float32)
+    probability[:, :16] = 1.0
+    outputs = {"probability": probability}
+    boxes = np.asarray([[0, 0, 32, 64], [32, 0, 64, 64]], np.float32)
+    encoders = _encoders()
+    with pytest.raises(BundleError, match="no instance quality head"):
+        instance_quality(outputs, _red_blue_image(64), boxes, encoders, 64)
+    lit = replace(encoders, quality=lambda inputs: inputs[:, -2].mean(axis=(1, 2)))  # type: ignore[type-var]
+    np.testing.assert_allclose(instance_quality(outputs, _red_blue_image(64), boxes, lit, 64), [1.0, 0.0], atol=0.01)
+    assert instance_quality(outputs, _red_blue_image(64), np.zeros((0, 4)), lit, 64).shape == (0,)
+
+
+def test_crop_features_encode_each_box_once_per_image_when_asked_to_remember() -> None:
+    from dataclasses import replace
+
+    from service.grouping import crop_features
+
+    encoded: list[int] = []
+
+    def counting(crops: np.ndarray) -> np.ndarray:
+        encoded.append(len(crops))
+        return _pooling_encoder(crops)
+
+    encoders = replace(_encoders(), crops=counting)  # type: ignore[type-var]
+    boxes = np.asarray([[0, 0, 32, 64], [32, 0, 64, 64], [0, 0, 32, 64]], np.float32)
+    known: dict[bytes, np.ndarray] = {}
+    first = crop_features(_red_blue_image(64), boxes, encoders, 64, known)
+    again = crop_features(_red_blue_image(64), boxes[1:], encoders, 64, known)
+    assert encoded == [2]  # the repeated box and the second call cost nothing
+    np.testing.assert_array_equal(again, first[1:])
+    np.testing.assert_array_equal(first[0], first[2])
+    crop_features(_red_blue_image(64), boxes, encoders, 64)
+    assert encoded == [2, 2]  # without a memory each call encodes its boxes

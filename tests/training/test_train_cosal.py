@@ -1,10 +1,12 @@
 """Co-saliency training: NMS and online hard triplets by hand, jittered boxes, and a short real run on scenes composed
-from the fixture pairs (checkpoints in training.train's format, resumable, the offline ablation)."""
+from the fixture pairs (checkpoints in training.train's format, resumable, the offline ablation), exported, evaluated,
+and given an instance quality head trained on its own candidates."""
 
 from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,7 @@ from training.cosal_losses import box_iou, nms, semi_hard_triplets
 from training.data import list_pairs
 from training.evaluate_cosal import main as evaluate_main
 from training.train_cosal import CosalConfig, CosalConfigError, jitter_boxes, main, read_scenes
+from training.train_instance_quality import main as quality_main
 
 torch.set_num_threads(1)
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sod"
@@ -167,7 +170,7 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     assert set(result["vectors"]) == {"learned", "appearance", "crops"}
     assert all(row["settings"]["vectors"] == kind for kind, row in result["vectors"].items())
     assert result["baselines"]["colour_histogram"]["settings"]["vectors"] == "colour_histogram"
-    if result["shipped"]["settings"]["proposals"] != "components":
+    if result["shipped"]["settings"]["proposals"] in ("rpn", "both"):
         assert {kind: row["settings"]["rpn_score"] for kind, row in result["rpn_scores"].items()} == {
             "objectness": "objectness",
             "objectness_fit": "objectness_fit",
@@ -177,3 +180,31 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
         assert 0 <= scores["group_found"] <= 1 and -1 <= scores["ari"] <= 1 and 0 <= scores["mae"] <= 1
         assert set(scores["copy_recall"]) == {"rpn_any_box", "proposals", "answer"}
         assert all(0 <= share <= 1 for share in scores["copy_recall"].values())
+
+    # an instance quality head trained on this bundle's candidates, exported into a second bundle
+    train, _ = scene_dirs
+    head = tmp_path / "quality"
+    args = ["--bundle", str(out), "--train-scenes", str(train), "--val-scenes", str(val), "--out", str(head)]
+    assert quality_main([*args, "--epochs", "2", "--threads", "1"]) == 0
+    assert [json.loads(line)["epoch"] for line in (head / "log.jsonl").read_text().splitlines()] == [1, 2]
+    scored = tmp_path / "scored"
+    checkpoint = tmp_path / "run" / "best.pt"
+    options = ExportOptions(checkpoint, scored, speed_runs=2, grouping_scenes=val, quality_head=head / "best.pt")
+    report = export_bundle(options)
+    assert report["parity_quality"]["max_abs_diff"]["quality"] <= 1e-4
+    manifest = load_manifest(scored)
+    assert manifest.quality is not None and manifest.quality.file in manifest.files
+    capsys.readouterr()
+    scenes = ["--scenes", str(val), "--val-scenes", str(val), "--no-progress"]
+    assert evaluate_main(["--bundle", str(scored), *scenes]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["proposals"]["scored"]["settings"]["proposals"] == "scored"
+    assert manifest.grouping is not None
+    headless = manifest.model_copy(
+        update={"quality": None, "grouping": manifest.grouping.model_copy(update={"proposals": "scored"})}
+    )
+    (scored / MANIFEST_FILE).write_text(headless.model_dump_json())
+    with pytest.raises(BundleError, match="instance quality head"):
+        load_manifest(scored, verify=False)
+    with pytest.raises(ExportError, match=r"not a training\.train_instance_quality checkpoint"):
+        export_bundle(replace(options, quality_head=checkpoint))
