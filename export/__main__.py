@@ -2,7 +2,7 @@
 
 python -m export --checkpoint PATH --out DIR [--int8 --calib-images DIR [--calib-split FILE] [--calib-count N]]
                  [--fp16] [--tensorrt] [--triton DIR] [--name NAME --version VER] [--grouping-scenes DIR]
-                 [--quality-head PT]
+                 [--quality-head PT] [--saliency-floor A]
 
 Prints one JSON report on stdout; exits 2 with the reason on stderr when the export fails its checks.
 """
@@ -47,7 +47,15 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         type=Path,
         help="co-saliency models: an instance quality head to add (training.train_instance_quality's best.pt)",
     )
+    parser.add_argument(
+        "--saliency-floor",
+        type=float,
+        default=0.0,
+        help="saliency below this probability answers 0, the rest stretched to [0, 1] (training.fit_saliency_floor)",
+    )
     args = parser.parse_args(argv)
+    if not 0 <= args.saliency_floor < 1:
+        parser.error("--saliency-floor must lie in [0, 1)")
     if args.int8 and args.calib_images is None:
         parser.error("--int8 needs --calib-images DIR")
     return ExportOptions(
@@ -68,6 +76,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         threads=args.threads,
         grouping_scenes=args.grouping_scenes,
         quality_head=args.quality_head,
+        saliency_floor=args.saliency_floor,
     )
 
 

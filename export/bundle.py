@@ -113,6 +113,7 @@ class ExportOptions:
     threads: int = 2
     grouping_scenes: Path | None = None
     quality_head: Path | None = None
+    saliency_floor: float = 0.0
 
 
 def _parity_images(options: ExportOptions, data: EvalSplit | None) -> list[Path]:
@@ -222,7 +223,7 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
         fp32 = work / "model.onnx"
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer warnings about shape checks that are constant at export
-            graph = export_onnx(ckpt.model, fp32, size)
+            graph = export_onnx(ckpt.model, fp32, size, saliency_floor=options.saliency_floor)
         parity_batch = load_batch(_parity_images(options, data), pre)
         fp32_session = cpu_session(fp32, options.threads)
         diffs = max_abs_diff(graph.wrapper, fp32_session, parity_batch)
@@ -299,6 +300,7 @@ def export_bundle(options: ExportOptions) -> dict[str, Any]:
             regions=regions,
             crops=crops,
             quality=quality,
+            saliency_floor=options.saliency_floor,
             grouping=_provisional_grouping() if cosal else None,
         )
         (work / MANIFEST_FILE).write_text(manifest.model_dump_json(indent=2) + "\n")

@@ -40,7 +40,9 @@ def attention_output_name(key: str) -> str:
 class ExportWrapper(nn.Module):
     """Flattens a model's ``ModelOutput`` into the bundle's ordered outputs.
 
-    The saliency output is ``sigmoid`` of the finest side output (the bundle outputs probabilities); attention
+    The saliency output is ``sigmoid`` of the finest side output (the bundle outputs probabilities), with a
+    ``saliency_floor`` ``a > 0`` stretched as ``clamp((p − a) / (1 − a), 0, 1)`` (``training.fit_saliency_floor``:
+    faint background haze set to 0, the ranking above ``a`` kept); attention
     maps follow in ``attention_keys`` order, then the embedding when ``with_embedding``, then, for a model with
     ``proposals()`` (co-saliency), the RPN's boxes (fractions of the input side), objectness probabilities and the
     encoder features that describe an instance's appearance (``extras["appearance"]``).
@@ -49,18 +51,27 @@ class ExportWrapper(nn.Module):
         model: a registered model in eval mode.
         attention_keys: keys of ``ModelOutput.attention`` to export.
         with_embedding: also export ``ModelOutput.embedding``.
+        saliency_floor: the probability below which the saliency output is 0 (0: plain probabilities).
     """
 
-    def __init__(self, model: nn.Module, attention_keys: list[str], with_embedding: bool) -> None:
+    def __init__(
+        self, model: nn.Module, attention_keys: list[str], with_embedding: bool, saliency_floor: float = 0.0
+    ) -> None:
         super().__init__()
+        if not 0 <= saliency_floor < 1:
+            raise ValueError(f"saliency_floor must lie in [0, 1), got {saliency_floor}")
         self.model = model
         self.attention_keys = list(attention_keys)
         self.with_embedding = with_embedding
+        self.saliency_floor = saliency_floor
         self.with_proposals = hasattr(model, "proposals")
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
         out = self.model(x)
-        tensors = [torch.sigmoid(out.final), *(out.attention[k] for k in self.attention_keys)]
+        saliency = torch.sigmoid(out.final)
+        if self.saliency_floor > 0:
+            saliency = ((saliency - self.saliency_floor) / (1 - self.saliency_floor)).clamp(0, 1)
+        tensors = [saliency, *(out.attention[k] for k in self.attention_keys)]
         if self.with_embedding:
             tensors.append(out.embedding)
         if self.with_proposals:
@@ -95,8 +106,11 @@ def _attention_specs(model: nn.Module) -> dict[str, AttentionSpec]:
     }
 
 
-def describe_outputs(model: nn.Module, input_size: int) -> tuple[ExportWrapper, list[OutputSpec]]:
-    """Run the model once to learn its outputs; return the export wrapper and one ``OutputSpec`` per output."""
+def describe_outputs(
+    model: nn.Module, input_size: int, saliency_floor: float = 0.0
+) -> tuple[ExportWrapper, list[OutputSpec]]:
+    """Run the model once to learn its outputs; return the export wrapper (see :class:`ExportWrapper` for
+    ``saliency_floor``) and one ``OutputSpec`` per output."""
     with torch.no_grad():
         probe = model(torch.zeros(1, 3, input_size, input_size))
     geometry = _attention_specs(model)
@@ -106,7 +120,7 @@ def describe_outputs(model: nn.Module, input_size: int) -> tuple[ExportWrapper, 
         # The service cannot place such maps on the image; export them anyway, flagged in the log.
         log.warning("attention maps %s have no attention_geometry(); exported without placement info", without_geometry)
     with_embedding = probe.embedding is not None
-    wrapper = ExportWrapper(model, keys, with_embedding).eval()
+    wrapper = ExportWrapper(model, keys, with_embedding, saliency_floor).eval()
 
     def shape(t: Tensor) -> list[int | str]:
         return ["batch", *t.shape[1:]]
@@ -128,8 +142,11 @@ def describe_outputs(model: nn.Module, input_size: int) -> tuple[ExportWrapper, 
     return wrapper, specs
 
 
-def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int = OPSET) -> ExportedGraph:
-    """Export with the legacy (TorchScript) exporter, a dynamic batch axis, and check the graph.
+def export_onnx(
+    model: nn.Module, path: str | Path, input_size: int, opset: int = OPSET, saliency_floor: float = 0.0
+) -> ExportedGraph:
+    """Export with the legacy (TorchScript) exporter, a dynamic batch axis, and check the graph
+    (``saliency_floor``: see :class:`ExportWrapper`).
 
     The legacy exporter is used because it keeps the requested opset and exports in well under a second
     (the dynamo exporter took 7 s here and raised opset 17 to 18, MEASURED.md).
@@ -138,7 +155,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: int, opset: int 
         onnx.checker.ValidationError: the exported graph is invalid.
     """
     path = Path(path)
-    wrapper, specs = describe_outputs(model, input_size)
+    wrapper, specs = describe_outputs(model, input_size, saliency_floor)
     names = [s.name for s in specs]
     dynamic = {name: {0: "batch"} for name in [INPUT_NAME, *names]}
     dummy = torch.zeros(2, 3, input_size, input_size)

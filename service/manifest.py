@@ -181,6 +181,9 @@ class Manifest(_Strict):
     grouping: GroupingSpec | None = None
     crops: CropEncoderSpec | None = None  # co-saliency bundles exported since ``vectors: crops`` exists
     quality: QualityHeadSpec | None = None  # co-saliency bundles exported with ``--quality-head``
+    # the graph's saliency output is clamp((p - a) / (1 - a), 0, 1) of the network's probability p
+    # (``python -m export --saliency-floor``; 0: plain probabilities, bundles exported before the field)
+    saliency_floor: float = Field(default=0.0, ge=0, lt=1)
 
     def output(self, kind: str) -> list[OutputSpec]:
         return [o for o in self.outputs if o.kind == kind]

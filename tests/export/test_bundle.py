@@ -295,3 +295,20 @@ def test_describe_outputs_orders_saliency_first(tiny_checkpoint: Path) -> None:
     wrapper, specs = describe_outputs(load_checkpoint(tiny_checkpoint).model, 224)
     assert specs[0].name == "saliency" and specs[0].shape[0] == "batch"
     assert [s.name for s in specs[1:]] == [attention_output_name(k) for k in wrapper.attention_keys]
+
+
+def test_a_saliency_floor_zeroes_the_haze_and_stretches_the_rest(
+    tiny_checkpoint: Path, fixture_images: Path, tmp_path: Path
+) -> None:
+    from training.fit_saliency_floor import apply_floor
+
+    ckpt = load_checkpoint(tiny_checkpoint)
+    plain = export_onnx(ckpt.model, tmp_path / "plain.onnx", 224)
+    floored = export_onnx(ckpt.model, tmp_path / "floored.onnx", 224, saliency_floor=0.3)
+    images = load_batch(list_images(fixture_images, limit=2), ckpt.preprocess)
+    p = cpu_session(plain.path).run(["saliency"], {"image": images})[0]
+    q = cpu_session(floored.path).run(["saliency"], {"image": images})[0]
+    np.testing.assert_allclose(q, apply_floor(p, 0.3), atol=1e-5)
+    assert q.min() == 0.0 and q.max() <= 1.0  # the untrained model's map straddles the floor
+    with pytest.raises(ValueError, match="saliency_floor"):
+        describe_outputs(ckpt.model, 224, saliency_floor=1.0)
