@@ -63,9 +63,18 @@ def scene_candidates(engine: Engine, scene: EvalScene) -> tuple[np.ndarray, np.n
     return inputs.astype(np.float16), targets.astype(np.float32)
 
 
+def bundle_identity(engine: Engine) -> str:
+    """What the cached inputs depend on: the bundle's network and crop encoder files (their checksums)."""
+    manifest = engine.manifest
+    names = [manifest.variants[engine.info.variant].file, *([manifest.crops.file] if manifest.crops else [])]
+    return " ".join(f"{name}:{manifest.files[name].sha256}" for name in names)
+
+
 def cached_candidates(engine: Engine, scenes: list[EvalScene], folder: Path, name: str) -> tuple[np.ndarray, ...]:
-    """Every scene's candidates (inputs, targets), computed once per chunk of :data:`CHUNK` scenes and cached."""
+    """Every scene's candidates (inputs, targets), computed once per chunk of :data:`CHUNK` scenes and cached; a
+    cache written from another bundle is refused rather than mixed in."""
     folder.mkdir(parents=True, exist_ok=True)
+    identity = bundle_identity(engine)
     inputs, targets = [], []
     for start in range(0, len(scenes), CHUNK):
         path = folder / f"{name}_{start:05d}_{min(start + CHUNK, len(scenes)):05d}.npz"
@@ -78,9 +87,17 @@ def cached_candidates(engine: Engine, scenes: list[EvalScene], folder: Path, nam
             if not chunk:
                 raise ValueError(f"the bundle proposes no candidate in {name} scenes {start}-{start + len(rows)}")
             tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, inputs=np.concatenate([r[0] for r in chunk]), targets=np.concatenate([r[1] for r in chunk]))
+            np.savez(
+                tmp,
+                inputs=np.concatenate([r[0] for r in chunk]),
+                targets=np.concatenate([r[1] for r in chunk]),
+                bundle=np.asarray(identity),
+            )
             tmp.replace(path)
         with np.load(path) as data:
+            if "bundle" not in data or str(data["bundle"]) != identity:
+                bundle = engine.info.bundle_dir
+                raise ValueError(f"{path} was computed from another bundle than {bundle}: use another --out")
             inputs.append(data["inputs"])
             targets.append(data["targets"])
     return np.concatenate(inputs), np.concatenate(targets)

@@ -9,6 +9,7 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -187,6 +188,11 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     args = ["--bundle", str(out), "--train-scenes", str(train), "--val-scenes", str(val), "--out", str(head)]
     assert quality_main([*args, "--epochs", "2", "--threads", "1"]) == 0
     assert [json.loads(line)["epoch"] for line in (head / "log.jsonl").read_text().splitlines()] == [1, 2]
+    cached = next((head / "inputs").glob("train_*.npz"))
+    with np.load(cached) as data:
+        np.savez(cached, inputs=data["inputs"], targets=data["targets"], bundle=np.asarray("model.onnx:another"))
+    with pytest.raises(ValueError, match="another bundle"):  # cached inputs are only reused for their own bundle
+        quality_main([*args, "--epochs", "1", "--threads", "1"])
     scored = tmp_path / "scored"
     checkpoint = tmp_path / "run" / "best.pt"
     options = ExportOptions(checkpoint, scored, speed_runs=2, grouping_scenes=val, quality_head=head / "best.pt")
