@@ -43,7 +43,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +133,16 @@ def read_eval_scenes(folder: Path, limit: int | None = None) -> list[EvalScene]:
     return scenes
 
 
-@dataclass(eq=False)  # hashed by identity: service_vectors keys its cache on the scene itself
+@dataclass(eq=False)  # hashed by identity: the per-box caches below key on the scene itself
 class SceneOutputs:
-    """One scene's bundle outputs (``service.grouping.image_outputs``), its image and its network-input RGB."""
+    """One scene's bundle outputs (``service.grouping.image_outputs``), its image, its network-input RGB and the crop
+    encoder's features of every box cropped so far (``service.grouping.crop_features``' memory: the quality head and
+    the crop vectors read the same crops, as in the service)."""
 
     outputs: dict[str, np.ndarray]
     image: Image.Image
     rgb: np.ndarray  # [S, S, 3] uint8, the stretched network input
+    crops: dict[bytes, np.ndarray] = field(default_factory=dict)
 
 
 def run_bundle(engine: Engine, scenes: list[EvalScene], progress: bool = True) -> list[SceneOutputs]:
@@ -167,14 +170,10 @@ def service_vectors(engine: Engine) -> VectorFn:
     known: dict[tuple[SceneOutputs, str, bytes], np.ndarray] = {}
 
     def vectors(scene: SceneOutputs, boxes: np.ndarray, spec: GroupingSpec) -> np.ndarray:
-        if len(boxes) == 0:
-            return instance_vectors(scene.outputs, scene.image, boxes, encoders, spec, engine.input_size)
-        keys = [(scene, spec.vectors, np.asarray(box, dtype=np.float32).tobytes()) for box in boxes]
-        fresh = [i for i, key in enumerate(keys) if key not in known]
-        if fresh:
-            found = instance_vectors(scene.outputs, scene.image, boxes[fresh], encoders, spec, engine.input_size)
-            known.update(zip((keys[i] for i in fresh), found, strict=True))
-        return np.stack([known[key] for key in keys])
+        def compute(fresh: np.ndarray) -> np.ndarray:
+            return instance_vectors(scene.outputs, scene.image, fresh, encoders, spec, engine.input_size, scene.crops)
+
+        return _per_box(known, scene, spec.vectors, boxes, compute)
 
     return vectors
 
@@ -186,17 +185,33 @@ def service_quality(engine: Engine) -> QualityFn:
     """The instance quality head's scores as the service computes them, each box's once per scene (the settings a
     calibration tries all score the same candidates)."""
     encoders = engine.instance_encoders()
-    known: dict[tuple[SceneOutputs, bytes], float] = {}
+    known: dict[tuple[SceneOutputs, str, bytes], np.ndarray] = {}
 
     def quality(scene: SceneOutputs, boxes: np.ndarray) -> np.ndarray:
-        keys = [(scene, np.asarray(box, dtype=np.float32).tobytes()) for box in boxes]
-        fresh = [i for i, key in enumerate(keys) if key not in known]
-        if fresh:
-            found = instance_quality(scene.outputs, scene.image, boxes[fresh], encoders, engine.input_size)
-            known.update(zip((keys[i] for i in fresh), found.tolist(), strict=True))
-        return np.asarray([known[key] for key in keys], dtype=np.float32)
+        def compute(fresh: np.ndarray) -> np.ndarray:
+            return instance_quality(scene.outputs, scene.image, fresh, encoders, engine.input_size, scene.crops)
+
+        return _per_box(known, scene, "quality", boxes, compute)
 
     return quality
+
+
+def _per_box(
+    known: dict[tuple[SceneOutputs, str, bytes], np.ndarray],
+    scene: SceneOutputs,
+    kind: str,
+    boxes: np.ndarray,
+    compute: Callable[[np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``compute(boxes)`` (one row per box) with each box's row computed once per scene and ``kind`` and kept in
+    ``known``: a box's vector or score depends on its box alone."""
+    if len(boxes) == 0:
+        return compute(boxes)
+    keys = [(scene, kind, np.asarray(box, dtype=np.float32).tobytes()) for box in boxes]
+    fresh = [i for i, key in enumerate(keys) if key not in known]
+    if fresh:
+        known.update(zip((keys[i] for i in fresh), compute(boxes[fresh]), strict=True))
+    return np.stack([known[key] for key in keys])
 
 
 def _propose(
