@@ -427,8 +427,8 @@ def _choose_grouping(
     try:
         scenes = read_eval_scenes(scenes_dir)
         outputs = run_bundle(engine, scenes, progress=False)
-        vectors = service_vectors(engine)
         quality = service_quality(engine) if engine.manifest.quality else None
+        vectors = service_vectors(engine, quality)
         sources, kinds = proposal_sources(engine.manifest), vector_kinds(engine.manifest)
         table = calibrate(scenes, outputs, vectors, engine.input_size, sources, str(scenes_dir), kinds, quality)
         per_source = best_per(table, "proposals")

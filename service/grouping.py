@@ -16,7 +16,9 @@ and the feature-sensitive features ``R``. Grouping then:
    ``vectors: learned``, the paper's), the bundle's frozen encoder features averaged under the map inside the box
    (``vectors: appearance``, :func:`appearance_vectors`), or the frozen encoder run again on the box's own crop of the
    image, its features averaged under the map (``vectors: crops``, :func:`crop_vectors`: a small object spans a few
-   cells of the whole image's stride-16 features, but a whole crop's);
+   cells of the whole image's stride-16 features, but a whole crop's); with scored proposals and ``vote_iou``, an
+   instance's vector is the score-weighted mean of the vectors of the confident candidates around it
+   (:func:`vote_vectors`: one crop's vector moves with how its box sits on the object);
 3. clusters the vectors by average linkage on cosine distance, merging while the closest clusters are nearer than
    ``distance_threshold`` (chosen on validation scenes at export time), then drops, within each cluster, the members
    whose map mass lies mostly (above ``member_overlap``) inside better-fitting members' boxes (fit: :func:`box_fit`):
@@ -268,12 +270,7 @@ def propose(
     by ``quality`` (boxes ``[K, 4]`` → the instance quality head's scores ``[K]``), those scoring ≥ ``min_score``,
     after NMS."""
     if spec.proposals == "scored":
-        if quality is None:
-            raise BundleError("grouping asks for scored proposals but no instance quality head was given")
-        candidates = candidate_boxes(probability, boxes, scores, spec, input_size)
-        predicted = np.asarray(quality(candidates), dtype=np.float32).reshape(-1)
-        confident = predicted >= spec.min_score
-        candidates, predicted = candidates[confident], predicted[confident]
+        candidates, predicted = confident_candidates(probability, boxes, scores, spec, input_size, quality)
         keep = nms(candidates, predicted, spec.nms_iou)[: spec.max_instances]
         return candidates[keep], predicted[keep]
     if spec.proposals == "rpn":
@@ -289,6 +286,25 @@ def propose(
     priority = np.concatenate([np.ones(len(first[0])), np.zeros(len(rest[0]))]) * 2 + union_scores
     keep = nms(union, priority, spec.nms_iou)[: spec.max_instances]
     return union[keep], union_scores[keep]
+
+
+def confident_candidates(
+    probability: np.ndarray,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    spec: GroupingSpec,
+    input_size: int,
+    quality: Callable[[np.ndarray], np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The :func:`candidate_boxes` that ``quality`` (boxes ``[K, 4]`` → the instance quality head's scores ``[K]``)
+    rates at least ``spec.min_score``, and their scores: what scored proposals suppress to instances, and what votes
+    for their vectors (:func:`vote_vectors`)."""
+    if quality is None:
+        raise BundleError("grouping asks for scored proposals but no instance quality head was given")
+    candidates = candidate_boxes(probability, boxes, scores, spec, input_size)
+    predicted = np.asarray(quality(candidates), dtype=np.float32).reshape(-1)
+    confident = predicted >= spec.min_score
+    return candidates[confident], predicted[confident]
 
 
 def split_components(
@@ -490,6 +506,19 @@ def instance_vectors(
     return region_vectors(outputs["features"], boxes, encoders.regions, encoders.region)
 
 
+def vote_vectors(
+    boxes: np.ndarray, voters: np.ndarray, weights: np.ndarray, voter_vectors: np.ndarray, vote_iou: float
+) -> np.ndarray:
+    """Unit vectors ``[K, D]`` of ``[K, 4]`` boxes, each the ``weights``-weighted mean of the ``[V, D]`` vectors of
+    the ``[V, 4]`` voter boxes that overlap it at IoU ≥ ``vote_iou`` (a box among the voters votes for itself). One
+    crop's vector moves with how its box sits on the object; the mean over the confident boxes around the object
+    moves less, as box voting steadies a detector's boxes."""
+    if len(boxes) == 0:
+        return np.zeros((0, voter_vectors.shape[-1]), dtype=np.float32)
+    votes = (box_iou(np.asarray(boxes, np.float64), np.asarray(voters, np.float64)) >= vote_iou) * weights[None]
+    return _unit_rows(votes @ np.asarray(voter_vectors, dtype=np.float64))
+
+
 def _map_cells(box: np.ndarray, scale: np.ndarray) -> tuple[int, ...]:
     """A network-input box's corners in map pixels, rounded, never negative (a negative end would wrap a slice)."""
     return tuple(max(round(float(v)), 0) for v in np.asarray(box, dtype=np.float64) / scale)
@@ -591,7 +620,8 @@ def find_groups(
     input_size: int,
 ) -> Grouping:
     """Group one image's instances: :func:`propose` (scored by :func:`instance_quality` where ``spec`` asks),
-    :func:`instance_vectors`, :func:`group_proposals`.
+    :func:`instance_vectors` (with ``spec.vote_iou``, :func:`vote_vectors` of the confident candidates),
+    :func:`group_proposals`.
 
     Args:
         outputs: the image's :func:`image_outputs`; ``image``: the RGB image they were computed from (any size).
@@ -601,13 +631,25 @@ def find_groups(
     """
 
     known: dict[bytes, np.ndarray] = {}  # each box cropped and encoded once
+    rated: dict[bytes, np.ndarray] = {}  # proposals and their votes rate the same candidates
 
     def quality(candidates: np.ndarray) -> np.ndarray:
-        return instance_quality(outputs, image, candidates, encoders, input_size, known)
+        key = np.asarray(candidates, dtype=np.float32).tobytes()
+        if key not in rated:
+            rated[key] = instance_quality(outputs, image, candidates, encoders, input_size, known)
+        return rated[key]
 
-    boxes, scores = propose(outputs["probability"], outputs["boxes"], outputs["scores"], spec, input_size, quality)
-    vectors = instance_vectors(outputs, image, boxes, encoders, spec, input_size, known)
-    return group_proposals(outputs["probability"], boxes, scores, vectors, spec, input_size)
+    def vectors(boxes: np.ndarray) -> np.ndarray:
+        return instance_vectors(outputs, image, boxes, encoders, spec, input_size, known)
+
+    probability, rpn_boxes, rpn_scores = outputs["probability"], outputs["boxes"], outputs["scores"]
+    boxes, scores = propose(probability, rpn_boxes, rpn_scores, spec, input_size, quality)
+    if spec.vote_iou is None:
+        described = vectors(boxes)
+    else:
+        voters, weights = confident_candidates(probability, rpn_boxes, rpn_scores, spec, input_size, quality)
+        described = vote_vectors(boxes, voters, weights, vectors(voters), spec.vote_iou)
+    return group_proposals(probability, boxes, scores, described, spec, input_size)
 
 
 def image_outputs(outputs: Mapping[str, np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:

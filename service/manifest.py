@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
@@ -138,6 +138,10 @@ class GroupingSpec(_Strict):
     # instance's own crop, averaged under the map ("crops": needs the bundle's crop encoder; "learned" in older bundles)
     vectors: Literal["learned", "appearance", "crops"] = "learned"
     max_instances: int = Field(ge=1)
+    # with proposals "scored": an instance's vector is the mean of the vectors of the candidates the quality head
+    # rates ≥ min_score that overlap its box at IoU ≥ this, weighted by their scores (service.grouping.vote_vectors);
+    # None: the box's own vector (bundles exported before this field)
+    vote_iou: float | None = Field(default=None, gt=0, le=1)
     distance_threshold: float = Field(gt=0, le=2)  # cosine distance below which clusters merge
     # a group member with more than this share of the map's mass inside its box lying inside better-fitting members'
     # boxes is a duplicate and is dropped (1 keeps every member: bundles exported before this field)
@@ -148,6 +152,12 @@ class GroupingSpec(_Strict):
     mask_threshold: float = Field(gt=0, lt=1)  # probability that counts as foreground (member masks, components)
     min_area_fraction: float = Field(ge=0, lt=1)  # smallest component, as a fraction of the map
     selected_on: str = ""  # the validation scenes and what was measured there
+
+    @model_validator(mode="after")
+    def _votes_need_scored_candidates(self) -> GroupingSpec:
+        if self.vote_iou is not None and self.proposals != "scored":
+            raise ValueError(f"vote_iou needs proposals 'scored' (the candidates that vote), not {self.proposals!r}")
+        return self
 
 
 class SourceSpec(_Strict):

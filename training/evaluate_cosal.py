@@ -16,6 +16,9 @@ what ``POST /saliency?outputs=groups`` gives. Prints one JSON object:
   (IoU ≥ 0.5) by some RPN box of any score (``rpn_any_box``: what the RPN can give), by the proposed instances
   (``proposals``: after thresholds and NMS) and by the answer's instances (``answer``: after duplicates are dropped);
 - ``every_member``: the shipped settings with no member dropped as a duplicate (``member_overlap`` 1);
+- ``vector_votes`` (shipped instance source ``scored``): each instance described by its own box's vector, and by
+  the votes of the confident candidates overlapping it (``vote_iou``), each with its settings chosen on
+  ``--val-scenes``;
 - ``whole_components`` (shipped instance source ``both``): the shipped settings with no connected component split
   into the RPN boxes inside it (``split_components`` off);
 - ``rpn_scores`` (shipped source ``rpn`` or ``both``): the RPN's boxes scored by objectness alone and by objectness
@@ -57,6 +60,7 @@ from service.grouping import (
     average_linkage,
     box_fit,
     box_iou,
+    confident_candidates,
     cosaliency_map,
     cut_linkage,
     distinct_members,
@@ -65,6 +69,7 @@ from service.grouping import (
     instance_quality,
     instance_vectors,
     propose,
+    vote_vectors,
 )
 from service.imaging import preprocess, resize_map
 from service.manifest import GroupingSpec, Manifest
@@ -91,6 +96,8 @@ MEMBER_OVERLAPS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 # low, so overlapping copies can survive a looser NMS than the RPN's objectness allows
 QUALITY_MIN_SCORES = (0.2, 0.3, 0.4, 0.5, 0.6)
 QUALITY_NMS_IOUS = (0.3, 0.5, 0.6)
+# Scored proposals: no vote (each box its own vector), or the confident candidates at IoU >= these vote
+VOTE_IOUS = (None, 0.5, 0.7)
 MASK_THRESHOLD = 0.5
 MIN_AREA_FRACTION = 0.002
 # Crop vectors tell copies apart well enough that more candidate boxes help (an uncommitted probe on 200 test
@@ -160,12 +167,14 @@ def run_bundle(engine: Engine, scenes: list[EvalScene], progress: bool = True) -
 
 
 VectorFn = Callable[[SceneOutputs, np.ndarray, GroupingSpec], np.ndarray]
+QualityFn = Callable[[SceneOutputs, np.ndarray], np.ndarray]
 
 
-def service_vectors(engine: Engine) -> VectorFn:
+def service_vectors(engine: Engine, quality: QualityFn | None = None) -> VectorFn:
     """The vectors the service computes for a spec (``vectors``: the regional feature mapping head on ``R``, the
-    encoder's appearance features under the map, or the crop encoder's), each box's computed once per scene and kind:
-    an instance's vector depends on its box alone, and the settings a calibration tries share most boxes."""
+    encoder's appearance features under the map, or the crop encoder's; with ``vote_iou``, the votes of the
+    candidates ``quality`` rates confident), each box's computed once per scene and kind: an instance's vector depends
+    on its box alone, and the settings a calibration tries share most boxes."""
     encoders = engine.instance_encoders()
     known: dict[tuple[SceneOutputs, str, bytes], np.ndarray] = {}
 
@@ -173,12 +182,15 @@ def service_vectors(engine: Engine) -> VectorFn:
         def compute(fresh: np.ndarray) -> np.ndarray:
             return instance_vectors(scene.outputs, scene.image, fresh, encoders, spec, engine.input_size, scene.crops)
 
-        return _per_box(known, scene, spec.vectors, boxes, compute)
+        if spec.vote_iou is None:
+            return _per_box(known, scene, spec.vectors, boxes, compute)
+        o = scene.outputs
+        rate = None if quality is None else (lambda candidates: quality(scene, candidates))
+        voters, weights = confident_candidates(o["probability"], o["boxes"], o["scores"], spec, engine.input_size, rate)
+        own = _per_box(known, scene, spec.vectors, voters, compute)
+        return vote_vectors(boxes, voters, weights, own, spec.vote_iou)
 
     return vectors
-
-
-QualityFn = Callable[[SceneOutputs, np.ndarray], np.ndarray]
 
 
 def service_quality(engine: Engine) -> QualityFn:
@@ -279,7 +291,12 @@ def _candidate_specs(proposals: Iterable[str]) -> list[GroupingSpec]:
             specs.append(_base_spec("components", 0.0, 0.0, 0.5, 1.0, ""))
             continue
         if mode == "scored":
-            specs += [_base_spec(mode, s, 0.0, n, 1.0, "") for s in QUALITY_MIN_SCORES for n in QUALITY_NMS_IOUS]
+            specs += [
+                _base_spec(mode, s, 0.0, n, 1.0, "").model_copy(update={"vote_iou": vote})
+                for s in QUALITY_MIN_SCORES
+                for n in QUALITY_NMS_IOUS
+                for vote in VOTE_IOUS
+            ]
             continue
         rpn = [_base_spec(mode, s, m, n, 1.0, "") for s in MIN_SCORES for m in MIN_MAPS for n in NMS_IOUS]
         rpn += [
@@ -298,8 +315,9 @@ def grouping_objective(scores: Mapping[str, Any]) -> Any:
     return scores["group_found"] + scores["group_found_exactly"] + scores["ari"]
 
 
-# The best settings found on validation scenes for each (instance source, vector kind, RPN score), with their objective
-Calibration = dict[tuple[str, str, str], tuple[float, GroupingSpec]]
+# The best settings found on validation scenes for each (instance source, vector kind, RPN score, vote IoU), with their
+# objective
+Calibration = dict[tuple[str, str, str, float | None], tuple[float, GroupingSpec]]
 
 
 def calibrate(
@@ -352,7 +370,7 @@ def calibrate(
         objective = grouping_objective({"group_found": found, "group_found_exactly": exact, "ari": ari}) / len(scenes)
         for k, candidate in enumerate(candidates):
             t, m = np.unravel_index(int(np.argmax(objective[k])), objective[k].shape)
-            key = (candidate.proposals, candidate.vectors, candidate.rpn_score)
+            key = (candidate.proposals, candidate.vectors, candidate.rpn_score, candidate.vote_iou)
             if key in best and objective[k, t, m] <= best[key][0]:
                 continue
             rates = [float(total[k, t, m]) / len(scenes) for total in (found, exact, ari)]
@@ -367,10 +385,10 @@ def calibrate(
     return best
 
 
-def best_per(calibration: Calibration, field: str, **fixed: str) -> dict[str, GroupingSpec]:
-    """From :func:`calibrate`'s table, the best settings for each value of ``field`` (``proposals``, ``vectors``
-    or ``rpn_score``) among the entries whose other fields equal ``fixed``."""
-    best: dict[str, tuple[float, GroupingSpec]] = {}
+def best_per(calibration: Calibration, field: str, **fixed: str) -> dict[Any, GroupingSpec]:
+    """From :func:`calibrate`'s table, the best settings for each value of ``field`` (``proposals``, ``vectors``,
+    ``rpn_score`` or ``vote_iou``) among the entries whose other fields equal ``fixed``."""
+    best: dict[Any, tuple[float, GroupingSpec]] = {}
     for objective, spec in calibration.values():
         if any(getattr(spec, name) != value for name, value in fixed.items()):
             continue
@@ -506,8 +524,8 @@ def main(argv: list[str] | None = None) -> int:
     val = read_eval_scenes(args.val_scenes, args.limit)
     test_out = run_bundle(engine, test, progress)
     val_out = run_bundle(engine, val, progress)
-    learned = service_vectors(engine)
     quality = service_quality(engine) if engine.manifest.quality else None
+    learned = service_vectors(engine, quality)
 
     def scores(vectors: VectorFn, spec: GroupingSpec, maps: list[np.ndarray] | None = None) -> dict[str, Any]:
         return evaluate(test, test_out, vectors, spec, size, maps, quality)
@@ -551,6 +569,13 @@ def main(argv: list[str] | None = None) -> int:
         result["rpn_scores"] = {
             kind: scores(learned, spec)
             for kind, spec in best_per(table, "rpn_score", proposals=shipped.proposals, vectors=shipped.vectors).items()
+        }
+    if shipped.proposals == "scored":
+        # each instance its own vector, or the votes of the confident candidates around it (vote_iou), each with its
+        # settings chosen on --val-scenes for the shipped vectors
+        result["vector_votes"] = {
+            str(vote): scores(learned, spec)
+            for vote, spec in best_per(table, "vote_iou", proposals="scored", vectors=shipped.vectors).items()
         }
     if shipped.proposals == "both":
         # the shipped settings with every connected component kept whole (what split_components changes)

@@ -403,3 +403,78 @@ def test_crop_features_encode_each_box_once_per_image_when_asked_to_remember() -
     np.testing.assert_array_equal(first[0], first[2])
     crop_features(_red_blue_image(64), boxes, encoders, 64)
     assert encoded == [2, 2]  # without a memory each call encodes its boxes
+
+
+def test_vote_vectors_average_the_weighted_voters_overlapping_each_box_by_hand() -> None:
+    from service.grouping import vote_vectors
+
+    boxes = np.asarray([[0, 0, 10, 10], [20, 20, 30, 30]], np.float32)
+    voters = np.asarray([[0, 0, 10, 10], [0, 0, 10, 11], [20, 20, 30, 30]], np.float32)  # IoU 10/11 with the first
+    weights = np.asarray([1.0, 0.5, 0.9], np.float32)
+    vectors = np.asarray([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], np.float32)
+    # the first box: 1 × (1, 0) + 0.5 × (0, 1), made unit; the second: its own vector alone
+    expected = [[1 / np.hypot(1, 0.5), 0.5 / np.hypot(1, 0.5)], [0.6, 0.8]]
+    np.testing.assert_allclose(vote_vectors(boxes, voters, weights, vectors, 0.9), expected, atol=1e-6)
+    np.testing.assert_allclose(vote_vectors(boxes, voters, weights, vectors, 0.95), vectors[[0, 2]], atol=1e-6)
+    assert vote_vectors(np.zeros((0, 4)), voters, weights, vectors, 0.5).shape == (0, 2)
+
+
+def test_votes_need_scored_candidates() -> None:
+    from pydantic import ValidationError
+
+    from service.manifest import GroupingSpec
+
+    settings = {
+        "min_score": 0.5, "nms_iou": 0.5, "max_instances": 12, "distance_threshold": 0.3, "mask_threshold": 0.5,
+        "min_area_fraction": 0.01, "vote_iou": 0.5,
+    }  # fmt: skip
+    assert GroupingSpec(proposals="scored", **settings).vote_iou == 0.5
+    with pytest.raises(ValidationError, match="vote_iou needs proposals 'scored'"):
+        GroupingSpec(proposals="rpn", **settings)
+
+
+def test_find_groups_describes_scored_instances_by_the_votes_of_the_confident_candidates() -> None:
+    from dataclasses import replace
+
+    from service.grouping import confident_candidates, crop_vectors, find_groups, instance_quality, vote_vectors
+    from service.manifest import GroupingSpec
+
+    pixels = np.zeros((64, 64, 3), np.uint8)  # red up to x = 18, blue beyond: a loose box on the left takes some blue
+    pixels[:, :18, 0] = 255
+    pixels[:, 18:, 2] = 255
+    image = Image.fromarray(pixels)
+    probability = np.zeros((32, 32), np.float32)  # objects at input x 0-16 and 48-64
+    probability[:, :8] = 1.0
+    probability[:, 24:] = 1.0
+    rated: list[int] = []
+
+    def head(inputs: np.ndarray) -> np.ndarray:  # a stand-in quality head: the map's mean inside the box
+        rated.append(len(inputs))
+        return inputs[:, -2].mean(axis=(1, 2))
+
+    encoders = replace(_encoders(), quality=head)  # type: ignore[type-var]
+    outputs = {
+        "probability": probability,
+        "boxes": np.asarray([[0, 0, 20, 64], [44, 0, 64, 64]], np.float32),
+        "scores": np.asarray([0.9, 0.9], np.float32),
+    }
+    spec = GroupingSpec(
+        proposals="scored", min_score=0.5, nms_iou=0.5, max_instances=12, distance_threshold=0.3,
+        mask_threshold=0.5, min_area_fraction=0.01, vectors="crops", vote_iou=0.7,
+    )  # fmt: skip
+    grouping = find_groups(outputs, image, encoders, spec, 64)
+    assert rated == [4]  # the two components and the two RPN boxes, rated once for the proposals and their votes
+    members = sorted(grouping.singletons, key=lambda m: m.box[0])
+    np.testing.assert_allclose([m.box for m in members], [[0, 0, 16, 64], [48, 0, 64, 64]])
+
+    def quality(boxes: np.ndarray) -> np.ndarray:
+        return instance_quality(outputs, image, boxes, encoders, 64)
+
+    voters, weights = confident_candidates(probability, outputs["boxes"], outputs["scores"], spec, 64, quality)
+    assert len(voters) == 4  # the loose boxes (IoU 0.8 with the components) vote for them
+    expected = vote_vectors(
+        np.stack([m.box for m in members]), voters, weights, crop_vectors(image, probability, voters, encoders, 64), 0.7
+    )
+    np.testing.assert_allclose([m.vector for m in members], expected, atol=1e-6)
+    own = crop_vectors(image, probability, np.stack([m.box for m in members]), encoders, 64)
+    assert not np.allclose(expected[0], own[0], atol=1e-3)  # the loose left box's blue moved the left vector

@@ -205,6 +205,11 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
     assert evaluate_main(["--bundle", str(scored), *scenes]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["proposals"]["scored"]["settings"]["proposals"] == "scored"
+    if result["shipped"]["settings"]["proposals"] == "scored":
+        votes = {key: row["settings"]["vote_iou"] for key, row in result["vector_votes"].items()}
+        assert votes == {"None": None, "0.5": 0.5, "0.7": 0.7}
+    else:
+        assert "vector_votes" not in result
     assert manifest.grouping is not None
     headless = manifest.model_copy(
         update={"quality": None, "grouping": manifest.grouping.model_copy(update={"proposals": "scored"})}
