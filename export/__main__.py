@@ -2,7 +2,7 @@
 
 python -m export --checkpoint PATH --out DIR [--int8 --calib-images DIR [--calib-split FILE] [--calib-count N]]
                  [--fp16] [--tensorrt] [--triton DIR] [--name NAME --version VER] [--grouping-scenes DIR]
-                 [--quality-head PT] [--saliency-floor A]
+                 [--proposal-sources LIST] [--quality-head PT] [--saliency-floor A]
 
 Prints one JSON report on stdout; exits 2 with the reason on stderr when the export fails its checks.
 """
@@ -48,6 +48,11 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         help="co-saliency models: an instance quality head to add (training.train_instance_quality's best.pt)",
     )
     parser.add_argument(
+        "--proposal-sources",
+        type=lambda text: tuple(part for part in text.split(",") if part),
+        help="co-saliency models: comma list of the instance sources to choose among (default: all the bundle offers)",
+    )
+    parser.add_argument(
         "--saliency-floor",
         type=float,
         default=0.0,
@@ -76,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> ExportOptions:
         threads=args.threads,
         grouping_scenes=args.grouping_scenes,
         quality_head=args.quality_head,
+        proposal_sources=args.proposal_sources,
         saliency_floor=args.saliency_floor,
     )
 

@@ -65,8 +65,8 @@ from training.evaluate_cosal import (
     calibrate,
     evaluate,
     grouping_objective,
-    proposal_sources,
     read_eval_scenes,
+    requested_sources,
     run_bundle,
     service_quality,
     service_vectors,
@@ -113,6 +113,7 @@ class ExportOptions:
     threads: int = 2
     grouping_scenes: Path | None = None
     quality_head: Path | None = None
+    proposal_sources: tuple[str, ...] | None = None  # instance sources the calibration tries (None: all offered)
     saliency_floor: float = 0.0
 
 
@@ -429,7 +430,11 @@ def _choose_grouping(
         outputs = run_bundle(engine, scenes, progress=False)
         quality = service_quality(engine) if engine.manifest.quality else None
         vectors = service_vectors(engine, quality)
-        sources, kinds = proposal_sources(engine.manifest), vector_kinds(engine.manifest)
+        try:
+            sources = requested_sources(engine.manifest, options.proposal_sources)
+        except ValueError as error:
+            raise ExportError(f"--proposal-sources: {error}") from error
+        kinds = vector_kinds(engine.manifest)
         table = calibrate(scenes, outputs, vectors, engine.input_size, sources, str(scenes_dir), kinds, quality)
         per_source = best_per(table, "proposals")
         scores = {
@@ -439,7 +444,7 @@ def _choose_grouping(
     finally:
         engine.close()
     chosen = max(scores, key=lambda mode: grouping_objective(scores[mode]))
-    report["grouping"] = {"chosen": chosen, "validation": scores}
+    report["grouping"] = {"chosen": chosen, "sources": list(sources), "validation": scores}
     name = f"cosal_val:{Path(scenes_dir).name}"
     fp32 = manifest.variants["fp32"]
     accuracy = {name: {k: scores[chosen][k] for k in ("group_found", "group_found_exactly", "ari", "max_f", "mae")}}

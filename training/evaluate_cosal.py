@@ -411,6 +411,19 @@ def proposal_sources(manifest: Manifest) -> tuple[str, ...]:
     return ("rpn", "components", "both", *(("scored",) if manifest.quality else ()))
 
 
+def requested_sources(manifest: Manifest, requested: Iterable[str] | None) -> tuple[str, ...]:
+    """The instance sources to calibrate: every one the bundle offers (:func:`proposal_sources`), or those of
+    ``requested`` (a narrower, faster grid), each of which the bundle must offer."""
+    offered = proposal_sources(manifest)
+    if requested is None:
+        return offered
+    chosen = tuple(dict.fromkeys(requested))
+    missing = [source for source in chosen if source not in offered]
+    if missing or not chosen:
+        raise ValueError(f"proposal sources {missing or '(none)'} are not among this bundle's {list(offered)}")
+    return chosen
+
+
 def evaluate(
     scenes: list[EvalScene],
     outputs: list[SceneOutputs],
@@ -509,6 +522,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenes", type=Path, required=True, help="test scenes (training.cosal_data folder)")
     parser.add_argument("--val-scenes", type=Path, default=Path("runs/cosal/val"), help="for baseline settings")
     parser.add_argument("--saliency-bundle", help="a saliency bundle whose map is scored as a co-saliency map")
+    parser.add_argument(
+        "--proposal-sources",
+        type=lambda text: [part for part in text.split(",") if part],
+        help="comma list of the instance sources to calibrate and compare (default: all the bundle offers)",
+    )
     parser.add_argument("--limit", type=int, help="only the first N scenes of each folder")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--out", type=Path, help="also write the JSON here")
@@ -518,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
 
     engine = Engine(args.bundle, "auto", ["CPUExecutionProvider"], intra_op_threads=args.threads)
     shipped = _shipped_grouping(engine.manifest)
+    try:
+        sources = requested_sources(engine.manifest, args.proposal_sources)
+    except ValueError as error:
+        parser.error(str(error))
     size = engine.input_size
     progress = not args.no_progress
     test = read_eval_scenes(args.scenes, args.limit)
@@ -535,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         val_out,
         learned,
         size,
-        proposal_sources(engine.manifest),
+        sources,
         str(args.val_scenes),
         vector_kinds(engine.manifest),
         quality,

@@ -210,6 +210,12 @@ def test_a_trained_checkpoint_exports_a_bundle_the_service_groups_with(
         assert votes == {"None": None, "0.5": 0.5, "0.7": 0.7}
     else:
         assert "vector_votes" not in result
+    # a narrower grid: only the sources asked for are calibrated and compared; one the bundle lacks is refused
+    assert evaluate_main(["--bundle", str(scored), *scenes, "--proposal-sources", "scored,components"]) == 0
+    assert set(json.loads(capsys.readouterr().out)["proposals"]) == {"scored", "components"}
+    with pytest.raises(SystemExit):
+        evaluate_main(["--bundle", str(out), *scenes, "--proposal-sources", "scored"])
+    assert "not among this bundle's ['rpn', 'components', 'both']" in capsys.readouterr().err
     assert manifest.grouping is not None
     headless = manifest.model_copy(
         update={"quality": None, "grouping": manifest.grouping.model_copy(update={"proposals": "scored"})}
