@@ -21,6 +21,9 @@ from service.grouping import InstanceEncoders
 from service.manifest import BundleError, Manifest, OutputSpec, load_manifest, resolve_bundle
 
 log = logging.getLogger(__name__)
+# Crops go through the crop encoder this many at a time: one image can bring 48 candidate boxes, and a batch that
+# size holds hundreds of MiB of activations (measured: a server doing groups grew past 1 GiB).
+CROP_CHUNK = 8
 
 
 def choose_variant(manifest: Manifest, requested: str) -> str:
@@ -127,8 +130,12 @@ class Engine:
         """The crop encoder of a co-saliency bundle: normalized crops ``[K, 3, S, S]`` → features ``[K, C, s, s]``."""
         if self._crops is None or self.manifest.crops is None:
             raise BundleError(f"bundle {self.manifest.name} has no crop encoder")
-        spec = self.manifest.crops
-        return self._crops.run([spec.output_name], {spec.input_name: crops.astype(np.float32)})[0]
+        spec, crops = self.manifest.crops, crops.astype(np.float32)
+        chunks = [
+            self._crops.run([spec.output_name], {spec.input_name: crops[start : start + CROP_CHUNK]})[0]
+            for start in range(0, len(crops), CROP_CHUNK)
+        ]
+        return np.concatenate(chunks)
 
     def score_instances(self, inputs: np.ndarray) -> np.ndarray:
         """The instance quality head of a co-saliency bundle: ``quality_inputs`` ``[K, C + 2, s, s]`` → ``[K]``."""

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.engine import CROP_CHUNK, Engine
 from service.settings import Settings
 from tests.service.conftest import REPO, encode, running_app, scene
 from training.cosal_data import background, compose_scene, cut_object
@@ -137,6 +138,20 @@ async def test_every_model_offers_groups_when_a_cosaliency_model_is_served(tiny:
     )
     assert response.status_code == 200 and response.json()["groups_model"]["name"] == "cosal_lite"
     assert response.json()["model"]["name"] == "cosal_lite"
+
+
+def test_crops_are_encoded_in_chunks_with_the_same_features(tiny_cosal: Path) -> None:
+    engine = Engine(tiny_cosal, "fp32", ["CPUExecutionProvider"], intra_op_threads=1)
+    try:
+        assert engine.manifest.crops is not None
+        size = engine.manifest.crops.crop_size
+        crops = np.random.default_rng(0).normal(size=(2 * CROP_CHUNK + 3, 3, size, size)).astype(np.float32)
+        together = engine.encode_crops(crops)
+        one_by_one = np.concatenate([engine.encode_crops(crop[None]) for crop in crops])
+    finally:
+        engine.close()
+    assert together.shape[0] == len(crops)
+    np.testing.assert_allclose(together, one_by_one, rtol=1e-5, atol=1e-5)
 
 
 @needs_shipped
