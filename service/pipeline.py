@@ -1,10 +1,11 @@
 """One image's way through the service: admit → decode → batcher → post-process → encode, under one deadline.
 
 Bounded work whatever the input: the image's pixels are reserved from the header before decoding (admission);
-images over ``heavy_pixels`` are decoded and post-processed on their own single thread so they never hold up small
-ones; a JPEG is decoded at a reduced scale when the maps it needs are smaller; saliency maps and overlays are made at
-most ``max_map_side`` on their long side and attention heatmaps at most ``max_attention_side``, each encoded as soon
-as it is made. One deadline covers the whole request: past it the answer is 504, stages not yet started never run,
+images over ``heavy_pixels`` are decoded and post-processed on their own single thread, and grouping (it crops and
+encodes every candidate box: the slowest post-processing by far) runs there too, so they never hold up small ones; a
+JPEG is decoded at a reduced scale when the maps it needs are smaller; saliency maps and overlays are made at most
+``max_map_side`` on their long side and attention heatmaps at most ``max_attention_side``, each encoded as soon as it
+is made. One deadline covers the whole request: past it the answer is 504, stages not yet started never run,
 and the post-processing loop stops at its next step.
 """
 
@@ -120,7 +121,8 @@ class Pipeline:
         batcher: the dynamic batcher in front of it.
         metrics: where stage times go.
         pool: worker threads for decoding and encoding ordinary images, so they overlap inference.
-        heavy_pool: one worker thread for images over ``settings.heavy_pixels``.
+        heavy_pool: one worker thread, at a lower CPU priority, for images over ``settings.heavy_pixels`` and for
+            grouping.
         admission: the in-flight budget the decoded pixels are reserved from.
     """
 
@@ -436,9 +438,11 @@ class Pipeline:
         deadline = Deadline(self.settings.request_timeout_s)
         async with self._admitted(data, deadline) as (header, pool, release):
             decoded, result = await self._decode_and_infer(data, options, deadline, pool, header, release)
+            grouping = "groups" in options.outputs and self._grouping is not None
             fields, post_s = await self._in_thread(
-                pool, deadline, "post-processing", release, self._postprocess, decoded, result, options, deadline
-            )
+                self.heavy_pool if grouping else pool,
+                deadline, "post-processing", release, self._postprocess, decoded, result, options, deadline,
+            )  # fmt: skip
         return ImageResult(
             image=ImageSize(width=header.width, height=header.height),
             batch_size=result.batch_size,

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
         max_inflight_bytes: upload bytes the admitted requests may hold together (by Content-Length).
         max_inflight_pixels: decoded pixels the admitted requests may hold together, counted from the image header
             before decoding; a request that would pass it gets 503.
-        heavy_pixels: images larger than this are decoded and post-processed on a separate single thread, so they
-            never hold up small ones.
+        heavy_pixels: images larger than this are decoded and post-processed on a separate single thread (the one
+            grouping runs on), so they never hold up small ones.
         body_timeout_s: longest wait for the next chunk of a request body (slow uploads get 408).
         header_timeout_s: longest time a connection may take to send its request line and headers.
         max_header_bytes: largest request head (request line plus headers).

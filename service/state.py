@@ -64,8 +64,8 @@ class ServiceState:
         if self.repository is None:
             self.repository = await asyncio.to_thread(ModelRepository.load, s)
         pool = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="imaging")
-        # One thread for large images: at most one is decoded or post-processed at a time, beside the small ones,
-        # and at a lower CPU priority, so on busy cores the small requests' threads run first.
+        # One thread for large images and for grouping: at most one is decoded or post-processed at a time, beside
+        # the small ones, and at a lower CPU priority, so on busy cores the small requests' threads run first.
         heavy_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imaging-heavy", initializer=_lower_priority)
         self._pools = [pool, heavy_pool]
         for model in self.repository.models:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -19,7 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import pipeline
 from service.engine import CROP_CHUNK, Engine
+from service.grouping import find_groups
 from service.settings import Settings
 from tests.service.conftest import REPO, encode, running_app, scene
 from training.cosal_data import background, compose_scene, cut_object
@@ -144,6 +147,21 @@ async def test_every_model_offers_groups_when_a_cosaliency_model_is_served(tiny:
     )
     assert response.status_code == 200 and response.json()["groups_model"]["name"] == "cosal_lite"
     assert response.json()["model"]["name"] == "cosal_lite"
+
+
+async def test_grouping_runs_on_the_heavy_thread_not_beside_small_requests(
+    tiny: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+
+    def recording(*args: object, **kwargs: object) -> object:
+        threads.append(threading.current_thread().name)
+        return find_groups(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "find_groups", recording)
+    response = await tiny.post("/saliency", files=upload(compose(*SCENES[0])[0]), params={"outputs": "groups"})
+    assert response.status_code == 200
+    assert len(threads) == 1 and threads[0].startswith("imaging-heavy")
 
 
 def test_crops_are_encoded_in_chunks_with_the_same_features(tiny_cosal: Path) -> None:
