@@ -26,7 +26,8 @@ class ServiceMetrics:
             registry=r,
         )  # fmt: skip
         self.request_latency = Histogram(
-            "saliency_request_latency_seconds", "End-to-end HTTP latency", ["route", "protocol"],
+            "saliency_request_latency_seconds", "End-to-end HTTP latency (groups: whether outputs asked for groups)",
+            ["route", "protocol", "groups"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )  # fmt: skip

@@ -105,7 +105,8 @@ class RequestContextMiddleware:
             protocol = protocol_of(scope["path"])
             model = scope["state"].get("model", "")  # set by the route once it knows which model serves it
             self.metrics.requests.labels(path, scope["method"], str(status["code"]), protocol, model).inc()
-            self.metrics.request_latency.labels(path, protocol).observe(elapsed)
+            groups = "true" if scope["state"].get("groups") else "false"  # set by parse_options
+            self.metrics.request_latency.labels(path, protocol, groups).observe(elapsed)
             log.info(
                 "%s %s %d %.1f ms",
                 scope["method"],

@@ -16,7 +16,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "saliency.json"
 # Histograms also expose <name>_bucket / _sum / _count, counters <name>_total.
 EXPORTED_METRICS: dict[str, tuple[str, set[str]]] = {
     "saliency_requests": ("counter", {"route", "method", "status", "protocol", "model"}),
-    "saliency_request_latency_seconds": ("histogram", {"route", "protocol"}),
+    "saliency_request_latency_seconds": ("histogram", {"route", "protocol", "groups"}),
     "saliency_queue_wait_seconds": ("histogram", {"model"}),
     "saliency_inference_seconds": ("histogram", {"model"}),
     "saliency_batch_size": ("histogram", {"model"}),

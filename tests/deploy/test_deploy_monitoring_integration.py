@@ -220,7 +220,7 @@ def test_alert_rules_evaluate_without_errors_and_stay_quiet(stack: Stack) -> Non
         if all(rule.get("lastEvaluation", "").startswith("2") for rule in rules) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    assert len(rules) == 6
+    assert len(rules) == 8
     for rule in rules:
         assert rule["health"] == "ok", f"{rule['name']}: {rule.get('lastError')}"
         # The latency alert may legitimately go pending on a loaded CI machine; its logic is covered by the

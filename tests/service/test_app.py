@@ -247,7 +247,7 @@ async def test_metrics_after_traffic(client: httpx.AsyncClient) -> None:
     assert requests.format(model, 200) in text
     assert requests.format(model, 415) in text
     for name in (
-        'saliency_request_latency_seconds_bucket{le="0.005",protocol="saliency",route="/saliency"}',
+        'saliency_request_latency_seconds_bucket{groups="false",le="0.005",protocol="saliency",route="/saliency"}',
         f"saliency_queue_wait_seconds_count{{{model}}} 1.0",
         f"saliency_inference_seconds_count{{{model}}}",
         f'saliency_batch_size_bucket{{le="1.0",{model}}}',

@@ -164,6 +164,16 @@ async def test_grouping_runs_on_the_heavy_thread_not_beside_small_requests(
     assert len(threads) == 1 and threads[0].startswith("imaging-heavy")
 
 
+async def test_groups_requests_are_timed_apart_from_maps(tiny: httpx.AsyncClient) -> None:
+    data = encode(scene(64, 48))
+    await tiny.post("/saliency", files=upload(data), params={"outputs": "saliency,groups"})
+    await tiny.post("/saliency", files=upload(data), params={"outputs": "saliency"})
+    text = (await tiny.get("/metrics")).text
+    for groups in ("true", "false"):
+        count = f'saliency_request_latency_seconds_count{{groups="{groups}",protocol="saliency",route="/saliency"}} 1.0'
+        assert count in text
+
+
 def test_crops_are_encoded_in_chunks_with_the_same_features(tiny_cosal: Path) -> None:
     engine = Engine(tiny_cosal, "fp32", ["CPUExecutionProvider"], intra_op_threads=1)
     try:
