@@ -688,8 +688,8 @@ def cosaliency_map(probability: np.ndarray, grouping: Grouping, input_size: int)
     """The co-saliency map (``probability``'s size and dtype): ``probability`` inside the boxes of group members,
     zero elsewhere."""
     height, width = probability.shape
-    inside = np.zeros_like(probability, dtype=bool)
+    cosaliency = np.zeros_like(probability)  # the only full-size array made here: the map can be 40 megapixels
     for member in (m for group in grouping.groups for m in group):
         x0, y0, x1, y1 = image_box(member.box, (width, height), input_size)
-        inside[y0:y1, x0:x1] = True
-    return np.where(inside, probability, np.zeros_like(probability))
+        cosaliency[y0:y1, x0:x1] = probability[y0:y1, x0:x1]
+    return cosaliency

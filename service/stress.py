@@ -1,14 +1,15 @@
 """``python -m service.stress [--bundle NAME_OR_DIR] [--fuzz N]``: the hostile-client scenarios, as a benchmark.
 
-Starts its own server (``python -m service`` on a free loopback port, default settings) so that it can read the
-server's peak RSS per scenario (``/proc/<pid>/status`` VmHWM, reset through ``clear_refs`` before each scenario) and
-send it SIGTERM at the end. Every scenario is bounded in requests and time and talks to 127.0.0.1 only. Prints one
-JSON object: per scenario the answers by status, latencies, and the server's peak RSS in MiB.
+Starts its own server (``python -m service`` on a free loopback port, default settings, ``MALLOC_ARENA_MAX=2`` as
+deployed) so that it can read the server's peak RSS per scenario (``/proc/<pid>/status`` VmHWM, reset through
+``clear_refs`` before each scenario) and send it SIGTERM at the end. Every scenario is bounded in requests and time and
+talks to 127.0.0.1 only. Prints one JSON object: per scenario the answers by status, latencies, and the server's peak
+RSS in MiB.
 
 Scenarios: a quiet baseline; a 45 KB GIF that decodes to 6000×6000 and a 4000×4000 JPEG, each asking for every
-output and 16 attention points; normal requests beside two such heavy requests; 32 concurrent 36-megapixel GIFs;
-50 concurrent 15 MB JPEGs; 200 slowloris connections and a 64 MB header; a fuzz of mutated images and malformed
-requests; and SIGTERM with 32 long requests in flight.
+output (groups included) and 16 attention points; normal requests beside two such heavy requests; 32 concurrent
+36-megapixel GIFs; 50 concurrent 15 MB JPEGs; 200 slowloris connections and a 64 MB header; a fuzz of mutated images
+and malformed requests; and SIGTERM with 32 long requests in flight.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-ALL_OUTPUTS = {"outputs": "saliency,overlay,attention"}
+ALL_OUTPUTS = {"outputs": "saliency,overlay,attention,groups"}
 
 
 def _points(width: int, height: int) -> str:
@@ -91,6 +92,7 @@ class Server:
                 [sys.executable, "-m", "service", "--port", str(port), "--bundle", bundle],
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                env={"MALLOC_ARENA_MAX": "2"} | dict(os.environ),  # as deployed (Dockerfiles, make serve)
             )
         for _ in range(600):
             if self.process.poll() is not None:

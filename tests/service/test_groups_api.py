@@ -174,6 +174,18 @@ async def test_groups_requests_are_timed_apart_from_maps(tiny: httpx.AsyncClient
         assert count in text
 
 
+async def test_an_image_over_half_the_pixel_budget_still_gets_its_groups(
+    make_settings: Callable[..., Settings], tiny_cosal: Path
+) -> None:
+    data, _, _ = compose(*SCENES[0])  # 320 × 240 = 76,800 pixels: two decoded copies at once would not fit
+    async with running_app(
+        make_settings(models=str(tiny_cosal), max_pixels=100_000, max_inflight_pixels=100_000)
+    ) as client:
+        response = await client.post("/saliency", files=upload(data), params={"outputs": "saliency,groups"})
+    assert response.status_code == 200, response.text
+    assert response.json()["groups_model"]["name"] == "cosal_lite"
+
+
 def test_crops_are_encoded_in_chunks_with_the_same_features(tiny_cosal: Path) -> None:
     engine = Engine(tiny_cosal, "fp32", ["CPUExecutionProvider"], intra_op_threads=1)
     try:
