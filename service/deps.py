@@ -90,7 +90,7 @@ def parse_options(
     accept: Annotated[str | None, Header()] = None,
 ) -> Options:
     """The request's options, validated against the chosen model (422 on anything it cannot do). Labels the
-    request's latency with whether it asked for groups, which take ten times as long as maps."""
+    request's latency with whether it asked for groups, which take several times as long as maps."""
     wanted = frozenset(o.strip() for o in outputs.split(",") if o.strip())
     unknown = sorted(wanted - set(OUTPUT_OPTIONS))
     if unknown or not wanted:
