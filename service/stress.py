@@ -7,9 +7,10 @@ talks to 127.0.0.1 only. Prints one JSON object: per scenario the answers by sta
 RSS in MiB.
 
 Scenarios: a quiet baseline; a 45 KB GIF that decodes to 6000×6000 and a 4000×4000 JPEG, each asking for every
-output (groups included) and 16 attention points; normal requests beside two such heavy requests; 32 concurrent
-36-megapixel GIFs; 50 concurrent 15 MB JPEGs; 200 slowloris connections and a 64 MB header; a fuzz of mutated images
-and malformed requests; and SIGTERM with 32 long requests in flight.
+output the default model answers (groups too when a co-saliency model is served) and 16 attention points; normal
+requests beside two such heavy requests; 32 concurrent 36-megapixel GIFs; 50 concurrent 15 MB JPEGs; 200 slowloris
+connections and a 64 MB header; a fuzz of mutated images and malformed requests; and SIGTERM with 32 long requests in
+flight.
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ from typing import Any
 import httpx
 import numpy as np
 from PIL import Image
-
-ALL_OUTPUTS = {"outputs": "saliency,overlay,attention,groups"}
 
 
 def _points(width: int, height: int) -> str:
@@ -99,11 +98,15 @@ class Server:
                 raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
+                    break
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("server never became ready")
+        else:
+            raise RuntimeError("server never became ready")
+        models = httpx.get(f"{self.url}/models", timeout=10).json()["models"]
+        # every output the default model answers (groups too when a co-saliency model is served)
+        self.all_outputs = {"outputs": ",".join(next(m for m in models if m["default"])["options"])}
 
     def reset_peak(self) -> None:
         Path(f"/proc/{self.process.pid}/clear_refs").write_text("5")
@@ -200,7 +203,7 @@ def _slowloris(url: str, connections: int, wait_s: float) -> dict[str, Any]:
     }
 
 
-def _mutations(seed: int, count: int) -> list[tuple[str, dict, dict]]:
+def _mutations(seed: int, count: int, all_outputs: dict[str, str]) -> list[tuple[str, dict, dict]]:
     rng = random.Random(seed)
     bases = [
         normal_png(1),
@@ -234,7 +237,7 @@ def _mutations(seed: int, count: int) -> list[tuple[str, dict, dict]]:
             data[at:at] = os.urandom(rng.randint(1, 64))
         path = rng.choice(["/saliency", "/api/remove"])
         field = "image" if path == "/saliency" else "file"
-        params = ALL_OUTPUTS if path == "/saliency" and rng.random() < 0.3 else {}
+        params = all_outputs if path == "/saliency" and rng.random() < 0.3 else {}
         jobs.append((path, params, {field: ("fuzz.bin", bytes(data))}))
     return jobs
 
@@ -248,7 +251,8 @@ def _sigterm_under_load(server: Server, in_flight: int) -> dict[str, Any]:
 
             async def one() -> None:
                 try:
-                    response = await client.post("/saliency", params=ALL_OUTPUTS, files={"image": ("a.jpg", data)})
+                    files = {"image": ("a.jpg", data)}
+                    response = await client.post("/saliency", params=server.all_outputs, files=files)
                     statuses[str(response.status_code)] += 1
                 except httpx.HTTPError as exc:
                     statuses[type(exc).__name__] += 1
@@ -281,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     normal = normal_png()
     gif = sparse_gif(6000)
     jpeg = smooth_jpeg(4000, 4000)
-    heavy_gif = ("/saliency", ALL_OUTPUTS | {"points": _points(6000, 6000)}, {"image": ("big.gif", gif)})
-    heavy_jpeg = ("/saliency", ALL_OUTPUTS | {"points": _points(4000, 4000)}, {"image": ("big.jpg", jpeg)})
+    heavy_gif = ("/saliency", server.all_outputs | {"points": _points(6000, 6000)}, {"image": ("big.gif", gif)})
+    heavy_jpeg = ("/saliency", server.all_outputs | {"points": _points(4000, 4000)}, {"image": ("big.jpg", jpeg)})
     plain = ("/saliency", {}, {"image": ("n.png", normal)})
     results["inputs"] = {"gif_bytes": len(gif), "jpeg_bytes": len(jpeg), "normal_png_bytes": len(normal)}
     try:
@@ -308,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [("/saliency", {}, {"image": ("n.jpg", big)})] * 50
         scenario(server, "50_concurrent_15mb_jpegs", results, lambda: _post_many(server.url, jobs, 50))
         scenario(server, "slowloris_and_64mb_header", results, lambda: _slowloris(server.url, 200, 12.0))
-        fuzz = _mutations(0, args.fuzz)
+        fuzz = _mutations(0, args.fuzz, server.all_outputs)
         scenario(server, f"fuzz_{args.fuzz}", results, lambda: _post_many(server.url, fuzz, 8, timeout=60))
         results[f"fuzz_{args.fuzz}"]["server_alive"] = httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
         server.reset_peak()
