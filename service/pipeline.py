@@ -429,16 +429,15 @@ class Pipeline:
         Raises:
             ServiceError: bad image (400/413/415), bad points (422), over capacity (503), deadline (504).
         """
+        deadline = deadline or Deadline(self.settings.request_timeout_s)
         if "groups" in options.outputs and self._grouping is None and self.grouper is not None:
             # One after the other: run together, the two would hold two decoded copies of the image at once (an image
             # over half the pixel budget could never be answered), and a refusal of one would leave the other running.
             own = Options(options.outputs - {"groups"}, options.points, options.png, options.max_side)
-            deadline = deadline or Deadline(self.settings.request_timeout_s)
             mine = await self.run(data, own, deadline)
             theirs = await self.grouper.run(data, Options(frozenset({"groups"})), deadline)
             grouped = {k: getattr(theirs, k) for k in ("groups", "singletons", "cosaliency", "groups_model")}
             return mine.model_copy(update=grouped)
-        deadline = deadline or Deadline(self.settings.request_timeout_s)
         async with self._admitted(data, deadline) as (header, pool, release):
             decoded, result = await self._decode_and_infer(data, options, deadline, pool, header, release)
             grouping = "groups" in options.outputs and self._grouping is not None
